@@ -1,0 +1,55 @@
+# AI Platform gateway: the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install proto check-proto lint-proto lint typecheck pytest clean
+
+run: $(STAMP) ## Start the gateway with its demo services (AIP_ADDRESS, default 127.0.0.1:50051)
+	$(PY) -m server
+
+test: $(STAMP) lint-proto check-proto lint typecheck pytest ## Everything CI checks
+
+install: $(STAMP)
+
+# Re-install when the project's dependencies change.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+proto: $(STAMP) ## Regenerate the Python stubs in generated/ from protos/
+	cd protos && ../$(PY) -m grpc_tools.protoc -I. --python_out=../generated --pyi_out=../generated \
+		--grpc_python_out=../generated $$(find . -name '*.proto' | sed 's|^\./||')
+
+# Fails when the committed stubs differ from what protoc makes of the protos.
+check-proto: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	(cd protos && ../$(PY) -m grpc_tools.protoc -I. --python_out=$$tmp --pyi_out=$$tmp \
+		--grpc_python_out=$$tmp $$(find . -name '*.proto' | sed 's|^\./||')) && \
+	stale=$$(cd $$tmp && find . -name '*.py' -o -name '*.pyi' | while read -r f; do \
+		cmp -s "$$f" "$(CURDIR)/generated/$$f" || echo "generated/$${f#./}"; done); \
+	rm -rf $$tmp; \
+	if [ -n "$$stale" ]; then echo "Stale generated stubs (run 'make proto' and commit):"; echo "$$stale"; exit 1; fi; \
+	echo "generated/ matches protos/"
+
+lint-proto: $(STAMP)
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

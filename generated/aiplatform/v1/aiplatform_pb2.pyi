@@ -1,0 +1,198 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CONTENT_FILTER: _ClassVar[FinishReason]
+    FINISH_REASON_TOOL_CALLS: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CONTENT_FILTER: FinishReason
+FINISH_REASON_TOOL_CALLS: FinishReason
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ("service_type",)
+    SERVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    service_type: str
+    def __init__(self, service_type: _Optional[str] = ...) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ...) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("name", "type", "provider", "description", "ready", "streaming", "not_ready_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    NOT_READY_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    provider: str
+    description: str
+    ready: bool
+    streaming: bool
+    not_ready_reason: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., description: _Optional[str] = ..., ready: _Optional[bool] = ..., streaming: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class ChatRequest(_message.Message):
+    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    parameters: _struct_pb2.Struct
+    user_id: str
+    conversation_id: str
+    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class ChatResponse(_message.Message):
+    __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    content: str
+    reasoning: str
+    conversation_id: str
+    usage: Usage
+    finish_reason: FinishReason
+    chat_id: str
+    def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ...) -> None: ...
+
+class StreamChatRequest(_message.Message):
+    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    parameters: _struct_pb2.Struct
+    user_id: str
+    conversation_id: str
+    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class StreamChatResponse(_message.Message):
+    __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    REASONING_DELTA_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    delta: str
+    reasoning_delta: str
+    usage: Usage
+    conversation_id: str
+    finish_reason: FinishReason
+    chat_id: str
+    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("input_tokens", "output_tokens", "total_tokens")
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+
+class RunWorkflowRequest(_message.Message):
+    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    APP_ID_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    workflow_id: str
+    parameters: _struct_pb2.Struct
+    bot_id: str
+    app_id: str
+    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
+
+class RunWorkflowResponse(_message.Message):
+    __slots__ = ("output", "execute_id", "debug_url", "usage")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_URL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    output: str
+    execute_id: str
+    debug_url: str
+    usage: Usage
+    def __init__(self, output: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class StreamWorkflowRequest(_message.Message):
+    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    APP_ID_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    workflow_id: str
+    parameters: _struct_pb2.Struct
+    bot_id: str
+    app_id: str
+    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
+
+class StreamWorkflowResponse(_message.Message):
+    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_IS_FINISH_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    content: str
+    node_title: str
+    node_seq_id: str
+    node_is_finish: bool
+    interrupt: WorkflowInterrupt
+    usage: Usage
+    node_id: str
+    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class WorkflowInterrupt(_message.Message):
+    __slots__ = ("event_id", "type", "data")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: int
+    data: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[int] = ..., data: _Optional[str] = ...) -> None: ...

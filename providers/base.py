@@ -1,0 +1,281 @@
+"""The provider interface: what a service is, what it takes and what it yields.
+
+Providers take plain Python values and yield small provider-neutral events; only
+the servicer turns them into protobuf messages, so providers can be tested
+without a gRPC server and the API can grow without touching them.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from providers.errors import InvalidRequest
+
+# --- what callers send -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation: role is "user", "assistant" or "system"."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """One chat turn as the servicer hands it to a chat service."""
+
+    messages: tuple[Message, ...]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    user_id: str = ""
+    conversation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInput:
+    """One workflow run as the servicer hands it to a workflow service."""
+
+    workflow_id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    bot_id: str = ""
+    app_id: str = ""
+
+
+# --- what services yield ----------------------------------------------------------------------
+
+
+class FinishReason(enum.Enum):
+    """Why an answer ended (mirrors the API's FinishReason)."""
+
+    UNSPECIFIED = 0
+    STOP = 1
+    LENGTH = 2
+    CONTENT_FILTER = 3
+    TOOL_CALLS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the upstream reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """The next piece of answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """The next piece of the model's reasoning."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFinished:
+    """The upstream finished the turn normally; always the last event of a chat stream."""
+
+    finish_reason: FinishReason = FinishReason.STOP
+    usage: Usage | None = None
+    conversation_id: str = ""
+    chat_id: str = ""
+
+
+ChatEvent = TextDelta | ReasoningDelta | ChatFinished
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A whole chat turn."""
+
+    content: str
+    reasoning: str = ""
+    finish_reason: FinishReason = FinishReason.STOP
+    usage: Usage | None = None
+    conversation_id: str = ""
+    chat_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInterrupt:
+    """The workflow waits for input; resume it with ``event_id``."""
+
+    event_id: str
+    interrupt_type: int
+    data: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowNodeEvent:
+    """Output of one workflow node, or an interrupt when ``interrupt`` is set."""
+
+    content: str = ""
+    node_title: str = ""
+    node_seq_id: str = ""
+    node_is_finish: bool = False
+    node_id: str = ""
+    usage: Usage | None = None
+    interrupt: WorkflowInterrupt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowResult:
+    """A whole workflow run."""
+
+    output: str
+    execute_id: str = ""
+    debug_url: str = ""
+    usage: Usage | None = None
+    interrupt: WorkflowInterrupt | None = None
+
+
+# --- the services -----------------------------------------------------------------------------
+
+
+class AIService(ABC):
+    """One configured service that callers address by ``name`` (the seed's ``AIServiceBase``)."""
+
+    #: The kind of RPCs the service takes: "chat" or "workflow".
+    service_type: ClassVar[str]
+    #: The provider that implements it, e.g. "coze".
+    provider: ClassVar[str]
+    #: True when the service yields output as the upstream produces it.
+    streaming: ClassVar[bool] = True
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+
+    def not_ready_reason(self) -> str:
+        """Why the service cannot serve calls now; empty when it can."""
+        return ""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most services own nothing
+        """Release what the service owns (HTTP clients); called once at shutdown."""
+
+
+class ChatService(AIService):
+    """A service that answers chat turns."""
+
+    service_type: ClassVar[str] = "chat"
+
+    @abstractmethod
+    def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+        """Yield the answer as it is generated, ending with exactly one ChatFinished.
+
+        Raises GatewayError subclasses; must close the upstream call when the
+        iterator is closed or cancelled early.
+        """
+
+    async def chat(self, request: ChatInput) -> ChatResult:
+        """Answer a whole turn; by default the joined stream (no polling)."""
+        content: list[str] = []
+        reasoning: list[str] = []
+        finished = ChatFinished()
+        stream = self.stream_chat(request)
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    content.append(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
+                else:
+                    finished = event
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return ChatResult(
+            content="".join(content),
+            reasoning="".join(reasoning),
+            finish_reason=finished.finish_reason,
+            usage=finished.usage,
+            conversation_id=finished.conversation_id,
+            chat_id=finished.chat_id,
+        )
+
+
+class WorkflowService(AIService):
+    """A service that runs workflows."""
+
+    service_type: ClassVar[str] = "workflow"
+
+    @abstractmethod
+    async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
+        """Run the workflow to its end (or its first interrupt) and return its output."""
+
+    @abstractmethod
+    def stream_workflow(self, request: WorkflowInput) -> AsyncIterator[WorkflowNodeEvent]:
+        """Yield the workflow's events as they happen; raise when it fails."""
+
+
+# --- helpers shared by providers --------------------------------------------------------------
+
+
+def reject_unknown_parameters(parameters: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """Raise InvalidRequest naming the first parameter the provider does not take."""
+    for key in parameters:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidRequest(f"parameters.{key}", f"unknown parameter (this service takes: {known})")
+
+
+def string_parameter(parameters: Mapping[str, Any], key: str, default: str = "") -> str:
+    """Read an id-like parameter that must be a string (numbers lose digits in a Struct)."""
+    value = parameters.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"parameters.{key}",
+            f"must be a string, got {_json_type(value)} (ids travel as strings: 19-digit ids lose digits as numbers)",
+        )
+    return value
+
+
+def int_parameter(parameters: Mapping[str, Any], key: str, default: int, *, minimum: int, maximum: int) -> int:
+    """Read an integer parameter; Struct numbers arrive as integral ints already."""
+    value = parameters.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"parameters.{key}", f"must be an integer, got {_json_type(value)}")
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"parameters.{key}", f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def string_map_parameter(parameters: Mapping[str, Any], key: str) -> dict[str, str] | None:
+    """Read an object parameter whose values must all be strings."""
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"parameters.{key}", f"must be an object of strings, got {_json_type(value)}")
+    for item_key, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidRequest(f"parameters.{key}.{item_key}", f"must be a string, got {_json_type(item)}")
+    return dict(value)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"

@@ -1,0 +1,500 @@
+"""Coze providers: bot chat (chat v3) and workflows, over one shared, pooled HTTP client.
+
+Chat goes through cozepy's ``AsyncCoze``. Streamed workflows are read with our
+own SSE reader on the same client, because cozepy swallows the ``Done`` event:
+without it a stream that was cut cleanly cannot be told from one that finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
+
+# cozepy imports authlib.jose, which warns at every start; the gateway uses no JWT auth.
+# authlib installs an "always" filter for its warnings on import, so ours must come after it.
+import authlib.deprecate  # noqa: F401
+import httpx
+import pydantic
+
+from providers.base import (
+    ChatEvent,
+    ChatFinished,
+    ChatInput,
+    ChatService,
+    FinishReason,
+    Message,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    WorkflowInput,
+    WorkflowInterrupt,
+    WorkflowNodeEvent,
+    WorkflowResult,
+    WorkflowService,
+    reject_unknown_parameters,
+    string_map_parameter,
+    string_parameter,
+)
+from providers.errors import (
+    InvalidRequest,
+    ServiceNotReady,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from providers.http import UpstreamCall, tracked_client_options, upstream_call
+from providers.sse import ServerSentEvent, iter_sse
+
+warnings.filterwarnings("ignore", message=r"authlib\.jose module is deprecated")
+import cozepy  # noqa: E402
+
+PROVIDER = "coze"
+LOG_ID_HEADER = "x-tt-logid"
+
+# cozepy warns once per unknown enum value (e.g. message type "knowledge", which
+# Coze's own docs use); the gateway ignores such messages, so the warning is noise.
+warnings.filterwarnings("ignore", message=r"Unknown \w+ value", category=UserWarning, module=r"cozepy\.")
+
+_CHAT_PARAMETERS = frozenset({"bot_id", "custom_variables", "meta_data"})
+
+# How long to keep reading after chat.completed for the body to end, so the
+# connection goes back to the pool; past it the connection is dropped instead.
+_DRAIN_SECONDS = 1.0
+
+# Coze business codes (and the HTTP statuses cozepy reports in their place when
+# a body is not JSON) by the failure they mean. Codes from Coze's error-code page.
+_AUTH_CODES = frozenset({401, 403, 4100, 4101, 700012006})
+_NOT_FOUND_CODES = frozenset({404, 4001, 4002, 4006, 4012, 4021, 4200, 4314})
+_RATE_LIMIT_CODES = frozenset({429, 4008, 4009, 4013, 4020})
+_BAD_REQUEST_CODES = frozenset({400, 4000, 4003, 4004, 4005, 4010, 4105})
+_REJECTED_CODES = frozenset({4011, 4014, 4015, 4016, 4019, 4022, 4102, 4315, 6003})
+
+
+class CozeClients:
+    """The HTTP client and cozepy client shared by every Coze service of one token."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        # cozepy's own client subclass; its 600 s defaults are replaced by ours.
+        self.http = cozepy.AsyncHTTPClient(
+            **tracked_client_options(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        )
+        self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self.http.aclose()
+
+
+class _CozeClientUser:
+    """What both Coze services share: the clients, and readiness that depends on them."""
+
+    name: str
+
+    def __init__(self, clients: CozeClients | None) -> None:
+        self._clients = clients
+
+    def not_ready_reason(self) -> str:
+        return "" if self._clients else "COZE_API_TOKEN is not set"
+
+    async def aclose(self) -> None:
+        # Both services may share one CozeClients; closing an httpx client twice is harmless.
+        if self._clients:
+            await self._clients.aclose()
+
+    def _require_clients(self) -> CozeClients:
+        if self._clients is None:
+            raise ServiceNotReady(f"service {self.name!r} is not ready: COZE_API_TOKEN is not set")
+        return self._clients
+
+
+class CozeChatService(_CozeClientUser, ChatService):
+    """A Coze bot, through chat v3 streaming."""
+
+    provider: ClassVar[str] = PROVIDER
+
+    def __init__(
+        self, name: str, clients: CozeClients | None, *, default_bot_id: str = "", description: str = ""
+    ) -> None:
+        ChatService.__init__(
+            self,
+            name,
+            description
+            or "Coze bot chat (chat v3). Parameters: bot_id (string; default COZE_DEFAULT_BOT_ID), "
+            "custom_variables (object of strings), meta_data (object of strings). Roles: user, assistant.",
+        )
+        _CozeClientUser.__init__(self, clients)
+        self._default_bot_id = default_bot_id
+
+    async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+        clients = self._require_clients()
+        reject_unknown_parameters(request.parameters, _CHAT_PARAMETERS)
+        bot_id = string_parameter(request.parameters, "bot_id", self._default_bot_id)
+        if not bot_id:
+            raise InvalidRequest("parameters.bot_id", "is required (no COZE_DEFAULT_BOT_ID is configured)")
+        custom_variables = string_map_parameter(request.parameters, "custom_variables")
+        meta_data = string_map_parameter(request.parameters, "meta_data")
+        messages = _coze_messages(request.messages)
+        # Coze keeps memory per user_id; a constant one would merge every caller's memory.
+        user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
+
+        async with upstream_call() as call, _map_coze_errors(call):
+            events = clients.coze.chat.stream(
+                bot_id=bot_id,
+                user_id=user_id,
+                additional_messages=messages,
+                conversation_id=request.conversation_id or None,
+                custom_variables=custom_variables,
+                meta_data=meta_data,
+            )
+            streamed_message_ids: set[str] = set()
+            async for event in events:
+                kind = event.event
+                if kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_DELTA:
+                    message = event.message
+                    if message is None or message.type != cozepy.MessageType.ANSWER:
+                        continue
+                    streamed_message_ids.add(message.id or "")
+                    if message.reasoning_content:
+                        yield ReasoningDelta(message.reasoning_content)
+                    if message.content:
+                        yield TextDelta(message.content)
+                elif kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
+                    # An answer that arrived whole, without deltas, is still part of the answer.
+                    message = event.message
+                    if (
+                        message is not None
+                        and message.type == cozepy.MessageType.ANSWER
+                        and (message.id or "") not in streamed_message_ids
+                        and message.content
+                    ):
+                        yield TextDelta(message.content)
+                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_COMPLETED:
+                    yield _chat_finished(event.chat, FinishReason.STOP)
+                    await _drain(events)
+                    return
+                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
+                    yield _chat_finished(event.chat, FinishReason.TOOL_CALLS)
+                    await _drain(events)
+                    return
+                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_FAILED:
+                    raise _chat_failed(event.chat, call)
+                # Everything else (created, in_progress, verbose, follow-up, audio, unknown) is not answer text.
+            raise UpstreamUnavailable(
+                "Coze stream ended before conversation.chat.completed",
+                provider=PROVIDER,
+                log_id=call.header(LOG_ID_HEADER),
+            )
+
+
+class CozeWorkflowService(_CozeClientUser, WorkflowService):
+    """Coze workflows: run (whole output) and stream_run (events as they happen)."""
+
+    provider: ClassVar[str] = "coze_workflow"
+
+    def __init__(
+        self, name: str, clients: CozeClients | None, *, default_workflow_id: str = "", description: str = ""
+    ) -> None:
+        WorkflowService.__init__(
+            self,
+            name,
+            description
+            or "Coze workflows. workflow_id defaults to COZE_DEFAULT_WORKFLOW_ID; parameters are the "
+            "workflow's input parameters; bot_id / app_id for workflows that need them.",
+        )
+        _CozeClientUser.__init__(self, clients)
+        self._default_workflow_id = default_workflow_id
+
+    async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
+        clients = self._require_clients()
+        workflow_id = self._workflow_id(request)
+        async with upstream_call() as call, _map_coze_errors(call):
+            result = await clients.coze.workflows.runs.create(
+                workflow_id=workflow_id,
+                parameters=dict(request.parameters),
+                bot_id=request.bot_id or None,
+                app_id=request.app_id or None,
+            )
+        return WorkflowResult(
+            output=result.data or "",
+            execute_id=result.execute_id or "",
+            debug_url=result.debug_url,
+            usage=_usage(result.usage),
+        )
+
+    async def stream_workflow(self, request: WorkflowInput) -> AsyncIterator[WorkflowNodeEvent]:
+        clients = self._require_clients()
+        body: dict[str, Any] = {"workflow_id": self._workflow_id(request), "parameters": dict(request.parameters)}
+        if request.bot_id:
+            body["bot_id"] = request.bot_id
+        if request.app_id:
+            body["app_id"] = request.app_id
+        async with upstream_call() as call, _map_coze_errors(call):
+            response = await clients.http.send(
+                clients.http.build_request(
+                    "POST",
+                    f"{clients.base_url}/v1/workflow/stream_run",
+                    json=body,
+                    headers={"Authorization": f"Bearer {clients.token}"},
+                ),
+                stream=True,
+            )
+            await _raise_for_json_error(response)
+            async for sse in iter_sse(response):
+                if sse.event == "Message":
+                    yield _workflow_message(sse)
+                elif sse.event == "Interrupt":
+                    yield _workflow_interrupt(sse)
+                elif sse.event == "Error":
+                    raise _workflow_error(sse, call)
+                elif sse.event == "Done":
+                    return
+                # PING heartbeats and unknown events carry no output.
+            raise UpstreamUnavailable(
+                "Coze workflow stream ended before its Done event",
+                provider=PROVIDER,
+                log_id=call.header(LOG_ID_HEADER),
+            )
+
+    def _workflow_id(self, request: WorkflowInput) -> str:
+        workflow_id = request.workflow_id or self._default_workflow_id
+        if not workflow_id:
+            raise InvalidRequest("workflow_id", "is required (no COZE_DEFAULT_WORKFLOW_ID is configured)")
+        return workflow_id
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def _coze_messages(messages: tuple[Message, ...]) -> list[cozepy.Message]:
+    converted = []
+    for index, message in enumerate(messages):
+        if message.role == "user":
+            converted.append(cozepy.Message.build_user_question_text(message.content))
+        elif message.role == "assistant":
+            converted.append(cozepy.Message.build_assistant_answer(message.content))
+        else:
+            raise InvalidRequest(
+                f"messages[{index}].role",
+                f"Coze does not take role {message.role!r} (only 'user' and 'assistant'; "
+                "put instructions in the bot's persona)",
+            )
+    if messages[-1].role != "user":
+        raise InvalidRequest(f"messages[{len(messages) - 1}].role", "the last message must be 'user'")
+    return converted
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+def _usage(usage: cozepy.ChatUsage | None) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(
+        input_tokens=usage.input_count or 0,
+        output_tokens=usage.output_count or 0,
+        total_tokens=usage.token_count or 0,
+    )
+
+
+def _chat_finished(chat: cozepy.Chat | None, reason: FinishReason) -> ChatFinished:
+    if chat is None:
+        return ChatFinished(finish_reason=reason)
+    return ChatFinished(
+        finish_reason=reason, usage=_usage(chat.usage), conversation_id=chat.conversation_id, chat_id=chat.id
+    )
+
+
+async def _drain(events: AsyncIterator[Any]) -> None:
+    """Read to the end of the body (done, then EOF) so the connection can be reused."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, cozepy.CozeError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in events:
+                pass
+
+
+def _workflow_message(sse: ServerSentEvent) -> WorkflowNodeEvent:
+    data = _sse_json(sse)
+    usage = data.get("usage")
+    return WorkflowNodeEvent(
+        content=str(data.get("content", "")),
+        node_title=str(data.get("node_title", "")),
+        node_seq_id=str(data.get("node_seq_id", "")),
+        node_is_finish=bool(data.get("node_is_finish", False)),
+        node_id=str(data.get("node_id", "")),
+        usage=_usage(cozepy.ChatUsage.model_validate(usage)) if isinstance(usage, dict) else None,
+    )
+
+
+def _workflow_interrupt(sse: ServerSentEvent) -> WorkflowNodeEvent:
+    data = _sse_json(sse)
+    interrupt = data.get("interrupt_data")
+    if not isinstance(interrupt, dict) or "event_id" not in interrupt:
+        raise UpstreamUnavailable("Coze sent an Interrupt event without interrupt_data", provider=PROVIDER)
+    return WorkflowNodeEvent(
+        node_title=str(data.get("node_title", "")),
+        interrupt=WorkflowInterrupt(
+            event_id=str(interrupt["event_id"]),
+            interrupt_type=int(interrupt.get("type", 0)),
+            data=str(interrupt.get("data", "")),
+        ),
+    )
+
+
+def _workflow_error(sse: ServerSentEvent, call: UpstreamCall) -> UpstreamError:
+    data = _sse_json(sse)
+    return coze_error(
+        data.get("error_code"),
+        f"Coze workflow failed: {data.get('error_message', '')}",
+        log_id=call.header(LOG_ID_HEADER),
+    )
+
+
+def _chat_failed(chat: cozepy.Chat | None, call: UpstreamCall) -> UpstreamError:
+    last_error = chat.last_error if chat is not None else None
+    code = last_error.code if last_error is not None else None
+    message = last_error.msg if last_error is not None else ""
+    return coze_error(code, f"Coze chat failed: {message}", log_id=call.header(LOG_ID_HEADER))
+
+
+def _sse_json(sse: ServerSentEvent) -> dict[str, Any]:
+    try:
+        data = json.loads(sse.data)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamUnavailable(f"Coze sent a malformed {sse.event} event", provider=PROVIDER)
+    return data
+
+
+async def _raise_for_json_error(response: httpx.Response) -> None:
+    """Coze answers a failed stream request with a JSON body (often HTTP 200) instead of SSE."""
+    if "event-stream" in response.headers.get("content-type", ""):
+        return
+    body = await response.aread()
+    log_id = response.headers.get(LOG_ID_HEADER, "")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and payload.get("code"):
+        raise coze_error(payload.get("code"), f"Coze: {payload.get('msg', '')}", log_id=log_id)
+    raise coze_error(
+        response.status_code,
+        f"Coze answered HTTP {response.status_code} without an event stream",
+        log_id=log_id,
+        retry_after=response.headers.get("retry-after"),
+    )
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def coze_error(code: object, message: str, *, log_id: str = "", retry_after: str | None = None) -> UpstreamError:
+    """The typed error for a Coze business code (or the HTTP status in its place)."""
+    try:
+        number = int(str(code))
+    except ValueError:
+        number = 0
+    facts: dict[str, Any] = {"provider": PROVIDER, "upstream_code": str(code or ""), "log_id": log_id}
+    if number in _AUTH_CODES:
+        return UpstreamAuthError(
+            f"Coze rejected the gateway's credentials: {message}. Check COZE_API_TOKEN, "
+            "and that COZE_API_BASE is the token's region (api.coze.cn or api.coze.com)",
+            **facts,
+        )
+    if number in _NOT_FOUND_CODES:
+        return UpstreamNotFound(message, **facts)
+    if number in _RATE_LIMIT_CODES:
+        return UpstreamRateLimited(message, retry_after_seconds=_seconds(retry_after), **facts)
+    if number in _BAD_REQUEST_CODES:
+        return UpstreamInvalidRequest(message, **facts)
+    if number in _REJECTED_CODES:
+        return UpstreamRejected(message, **facts)
+    if 500 <= number < 600 or 5000 <= number < 6000:
+        return UpstreamUnavailable(message, **facts)
+    return UpstreamError(message, **facts)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
+    """Translate cozepy's and httpx's exceptions into the gateway's error tree."""
+    try:
+        yield
+    except cozepy.CozeAPIError as error:
+        response = call.responses[-1] if call.responses else None
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        raise coze_error(
+            error.code,
+            f"Coze: {error.msg}",
+            log_id=error.logid or call.header(LOG_ID_HEADER),
+            retry_after=retry_after,
+        ) from error
+    except cozepy.CozeInvalidEventError as error:
+        raise UpstreamUnavailable(
+            "Coze sent a malformed stream line", provider=PROVIDER, log_id=error.logid or ""
+        ) from error
+    except pydantic.ValidationError as error:
+        raise UpstreamUnavailable(
+            "Coze sent an event that does not match its schema",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
+        ) from error
+    except httpx.TimeoutException as error:
+        raise UpstreamTimeout(
+            f"Coze did not answer in time ({type(error).__name__})",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
+        ) from error
+    except httpx.TransportError as error:
+        raise UpstreamUnavailable(
+            f"Coze is unreachable or broke the connection ({type(error).__name__})",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
+        ) from error
+    except UpstreamError:
+        raise
+    except Exception as error:
+        # cozepy raises a bare Exception("error event: {...}") for an SSE `error` event.
+        text = str(error)
+        if not text.startswith("error event:"):
+            raise
+        raise _error_event(text.removeprefix("error event:").strip(), call) from error
+
+
+def _error_event(raw: str, call: UpstreamCall) -> UpstreamError:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = None
+    details: Mapping[str, Any] = payload if isinstance(payload, dict) else {}
+    return coze_error(
+        details.get("code"),
+        f"Coze error event: {details.get('msg', '') or raw}",
+        log_id=call.header(LOG_ID_HEADER),
+    )

@@ -1,0 +1,128 @@
+"""The failures a provider can report, as a small tree of typed exceptions.
+
+Providers raise these and know nothing of gRPC; ``server/errors.py`` is the one
+place that turns each into a gRPC status. The tree::
+
+    GatewayError
+    ├── InvalidRequest ............ the caller's request is wrong (names the field)
+    ├── ServiceNotFound ........... no service of that name
+    ├── ServiceNotReady ........... the service lacks configuration (e.g. a token)
+    └── UpstreamError ............. the upstream failed; carries provider, code, log id
+        ├── UpstreamAuthError ..... the upstream rejected the gateway's own credentials
+        ├── UpstreamInvalidRequest  the upstream found the request invalid
+        ├── UpstreamNotFound ...... the upstream has no such bot / workflow / model
+        ├── UpstreamRateLimited ... the upstream asked us to slow down
+        ├── UpstreamRejected ...... the upstream refused the request for another reason
+        ├── UpstreamUnavailable ... unreachable, 5xx, or the stream broke part-way
+        └── UpstreamTimeout ....... the upstream did not answer in time
+
+Every message is safe to show a caller: it never contains a secret.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of every failure the gateway reports to a caller on purpose."""
+
+    #: A short, stable, UPPER_SNAKE reason, sent to callers in ``ErrorInfo.reason``.
+    reason = "GATEWAY_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(GatewayError):
+    """The caller's request is malformed; ``field`` names the offending field."""
+
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class ServiceNotFound(GatewayError):
+    """No service is registered under the requested name."""
+
+    reason = "SERVICE_NOT_FOUND"
+
+
+class ServiceNotReady(GatewayError):
+    """The service exists but lacks configuration it needs (a token, a base URL)."""
+
+    reason = "SERVICE_NOT_READY"
+
+
+class UpstreamError(GatewayError):
+    """The upstream AI service failed; carries what it told us about the failure."""
+
+    reason = "UPSTREAM_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        upstream_code: str = "",
+        log_id: str = "",
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.upstream_code = upstream_code
+        self.log_id = log_id
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(_with_upstream_facts(message, provider, upstream_code, log_id))
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream rejected the gateway's own credentials: fix the gateway's configuration."""
+
+    reason = "UPSTREAM_AUTH_FAILED"
+
+
+class UpstreamInvalidRequest(UpstreamError):
+    """The upstream found the request invalid (a parameter the caller passed through)."""
+
+    reason = "UPSTREAM_INVALID_REQUEST"
+
+
+class UpstreamNotFound(UpstreamError):
+    """The upstream has no bot, workflow or model of the requested id."""
+
+    reason = "UPSTREAM_NOT_FOUND"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream refused the call because of a rate limit or quota."""
+
+    reason = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request for a reason retrying will not fix."""
+
+    reason = "UPSTREAM_REJECTED"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream was unreachable, answered 5xx, or broke the stream part-way."""
+
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the gateway's timeout."""
+
+    reason = "UPSTREAM_TIMEOUT"
+
+
+def _with_upstream_facts(message: str, provider: str, upstream_code: str, log_id: str) -> str:
+    facts = [f"provider={provider}"]
+    if upstream_code:
+        facts.append(f"code={upstream_code}")
+    if log_id:
+        facts.append(f"logid={log_id}")
+    return f"{message} ({', '.join(facts)})"

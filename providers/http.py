@@ -1,0 +1,78 @@
+"""Upstream HTTP calls that are always closed: one tracker per call, one pooled client per provider.
+
+A provider opens its upstream call inside ``async with upstream_call() as call``.
+Every HTTP response the shared client produces inside that block is recorded on
+``call`` (through an httpx response hook) and closed when the block ends, however
+it ends: normally, by an exception, or by the caller cancelling. This matters
+because cozepy never closes a stream whose iteration is abandoned: the
+connection stays open, and the upstream keeps generating (and billing), until
+a garbage-collection cycle happens to find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
+
+import httpx
+
+_CURRENT_CALL: ContextVar[UpstreamCall | None] = ContextVar("aiplatform_upstream_call", default=None)
+
+
+class UpstreamCall:
+    """The HTTP responses opened for one upstream call."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self) -> None:
+        self.responses: list[httpx.Response] = []
+
+    def header(self, name: str) -> str:
+        """The header of the latest response, e.g. Coze's ``x-tt-logid``; "" when absent."""
+        for response in reversed(self.responses):
+            value = response.headers.get(name)
+            if value:
+                return str(value)
+        return ""
+
+    async def aclose(self) -> None:
+        """Close every response; closing an unfinished one drops its connection."""
+        for response in self.responses:
+            await response.aclose()
+
+
+@contextlib.asynccontextmanager
+async def upstream_call() -> AsyncIterator[UpstreamCall]:
+    """Track the responses opened inside the block and close them when it ends."""
+    call = UpstreamCall()
+    token = _CURRENT_CALL.set(call)
+    try:
+        yield call
+    finally:
+        # A generator finalised outside the task that started it runs in another
+        # context, where the token is not valid; the variable then dies with that task.
+        with contextlib.suppress(ValueError):
+            _CURRENT_CALL.reset(token)
+        await call.aclose()
+
+
+async def _track_response(response: httpx.Response) -> None:
+    call = _CURRENT_CALL.get()
+    if call is not None:
+        call.responses.append(response)
+
+
+def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
+    """Keyword arguments for an ``httpx.AsyncClient`` (or subclass) whose responses are tracked.
+
+    ``read_timeout`` bounds each wait for the next bytes, i.e. the silence
+    tolerated between two chunks of a stream; the caller's gRPC deadline bounds
+    the whole call.
+    """
+    return {
+        "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
+        "limits": httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        "event_hooks": {"response": [_track_response]},
+    }

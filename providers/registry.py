@@ -1,0 +1,64 @@
+"""The service registry: finds a configured service by name for the servicer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from providers.base import AIService, ChatService, WorkflowService
+from providers.errors import InvalidRequest, ServiceNotFound, ServiceNotReady
+
+_ServiceT = TypeVar("_ServiceT", bound=AIService)
+
+
+class ServiceRegistry:
+    """Services by name; the servicer asks it for a service of the right type."""
+
+    def __init__(self, services: Iterable[AIService] = ()) -> None:
+        self._services: dict[str, AIService] = {}
+        for service in services:
+            self.register(service)
+
+    def register(self, service: AIService) -> None:
+        """Add a service; names are unique."""
+        if service.name in self._services:
+            raise ValueError(f"a service named {service.name!r} is already registered")
+        self._services[service.name] = service
+
+    def list(self, service_type: str = "") -> list[AIService]:
+        """The services of ``service_type`` ("" for all), sorted by name."""
+        return [
+            service
+            for name, service in sorted(self._services.items())
+            if not service_type or service.service_type == service_type
+        ]
+
+    def chat_service(self, name: str) -> ChatService:
+        """The ready chat service called ``name``."""
+        return self._ready(name, ChatService)
+
+    def workflow_service(self, name: str) -> WorkflowService:
+        """The ready workflow service called ``name``."""
+        return self._ready(name, WorkflowService)
+
+    async def aclose(self) -> None:
+        """Close every service (their HTTP clients); called once at shutdown."""
+        for service in self._services.values():
+            await service.aclose()
+
+    def _ready(self, name: str, kind: type[_ServiceT]) -> _ServiceT:
+        if not name:
+            raise InvalidRequest("service_name", "is required (see ListServices for the names)")
+        service = self._services.get(name)
+        if service is None:
+            known = ", ".join(sorted(self._services)) or "none"
+            raise ServiceNotFound(f"service_name: no service named {name!r} (configured: {known})")
+        if not isinstance(service, kind):
+            raise InvalidRequest(
+                "service_name",
+                f"{name!r} is a {service.service_type} service; use the {service.service_type} RPCs for it",
+            )
+        reason = service.not_ready_reason()
+        if reason:
+            raise ServiceNotReady(f"service {name!r} is not ready: {reason}")
+        return service

@@ -1,0 +1,99 @@
+"""Builds and runs the gRPC server: the servicer, health, reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from providers.registry import ServiceRegistry
+from server.interceptors import ErrorStatusInterceptor
+from server.servicer import AIPlatformServicer
+from server.services import build_registry
+from server.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AIPlatformService"].full_name
+
+_SERVER_OPTIONS = [
+    # grpc turns SO_REUSEPORT on by default, so a second gateway on a busy port
+    # would start silently and share the traffic; fail loudly instead.
+    ("grpc.so_reuseport", 0),
+]
+
+
+class AddressInUse(RuntimeError):
+    """The listen address cannot be bound."""
+
+
+@dataclass
+class GatewayServer:
+    """A started gateway: the grpc.aio server and what shutdown needs."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    registry: ServiceRegistry
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls, give in-flight ones ``grace`` seconds, then cancel them and close upstreams."""
+        # Health first, so load balancers stop sending before the port closes.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.registry.aclose()
+
+
+async def start_server(settings: Settings, registry: ServiceRegistry | None = None) -> GatewayServer:
+    """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry."""
+    registry = registry if registry is not None else build_registry(settings)
+    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=_SERVER_OPTIONS)
+    pb_grpc.add_AIPlatformServiceServicer_to_server(AIPlatformServicer(registry), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+
+    address = settings.gateway.address
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        await registry.aclose()
+        raise AddressInUse(f"cannot listen on {address}: the address is in use or not available") from error
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    _LOGGER.info(
+        "AI Platform gateway listening on %s (services: %s)",
+        _bound(address, port),
+        ", ".join(service.name for service in registry.list()),
+    )
+    return GatewayServer(server=server, port=port, health=health_servicer, registry=registry)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
+    gateway = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    _LOGGER.info("shutting down: in-flight calls get %.1f s", settings.gateway.grace_seconds)
+    await gateway.stop(settings.gateway.grace_seconds)
+    _LOGGER.info("stopped")
+
+
+def _bound(address: str, port: int) -> str:
+    host = address.rpartition(":")[0]
+    return f"{host}:{port}"

@@ -1,0 +1,158 @@
+"""Conversions between the API's protobuf messages and the providers' plain values.
+
+Requests are validated here on the way in (the checks every provider shares);
+provider-specific checks stay in the providers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from providers.base import (
+    ChatFinished,
+    ChatInput,
+    ChatResult,
+    FinishReason,
+    Message,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    WorkflowInput,
+    WorkflowNodeEvent,
+    WorkflowResult,
+)
+from providers.errors import InvalidRequest
+
+_ROLES = frozenset({"user", "assistant", "system"})
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def chat_input(request: pb.ChatRequest | pb.StreamChatRequest) -> ChatInput:
+    """Validate a chat request and turn it into the providers' ChatInput."""
+    if not request.messages:
+        raise InvalidRequest("messages", "at least one message is required")
+    messages = []
+    for index, message in enumerate(request.messages):
+        if message.role not in _ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role", f"must be 'user', 'assistant' or 'system' (got {message.role!r})"
+            )
+        if not message.content:
+            raise InvalidRequest(f"messages[{index}].content", "must not be empty")
+        messages.append(Message(message.role, message.content))
+    return ChatInput(
+        messages=tuple(messages),
+        parameters=struct_to_dict(request.parameters, "parameters"),
+        user_id=request.user_id,
+        conversation_id=request.conversation_id,
+    )
+
+
+def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest) -> WorkflowInput:
+    """Turn a workflow request into the providers' WorkflowInput."""
+    return WorkflowInput(
+        workflow_id=request.workflow_id,
+        parameters=struct_to_dict(request.parameters, "parameters"),
+        bot_id=request.bot_id,
+        app_id=request.app_id,
+    )
+
+
+def struct_to_dict(struct: struct_pb2.Struct, path: str) -> dict[str, Any]:
+    """A Struct as plain Python values, with integral numbers back as ints.
+
+    Struct keeps every number as a double, so 3 arrives as 3.0; upstreams expect
+    the integer the caller wrote.
+    """
+    return {key: _value(value, f"{path}.{key}") for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value, path: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidRequest(path, "must be a finite number")
+        return int(number) if number.is_integer() else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value, path)
+    if kind == "list_value":
+        return [_value(item, f"{path}[{index}]") for index, item in enumerate(value.list_value.values)]
+    return None
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+def usage_message(usage: Usage | None) -> pb.Usage | None:
+    """The API's Usage, or None when the upstream reported none."""
+    if usage is None:
+        return None
+    return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
+
+
+def _finish_reason(reason: FinishReason) -> pb.FinishReason.ValueType:
+    return pb.FinishReason.ValueType(reason.value)
+
+
+def chat_response(result: ChatResult) -> pb.ChatResponse:
+    """A whole chat turn as the API's ChatResponse."""
+    return pb.ChatResponse(
+        content=result.content,
+        reasoning=result.reasoning,
+        conversation_id=result.conversation_id,
+        usage=usage_message(result.usage),
+        finish_reason=_finish_reason(result.finish_reason),
+        chat_id=result.chat_id,
+    )
+
+
+def stream_chat_response(event: TextDelta | ReasoningDelta | ChatFinished) -> pb.StreamChatResponse:
+    """One chat event as the API's StreamChatResponse (the per-token hot path)."""
+    if type(event) is TextDelta:
+        return pb.StreamChatResponse(delta=event.text)
+    if type(event) is ReasoningDelta:
+        return pb.StreamChatResponse(reasoning_delta=event.text)
+    assert isinstance(event, ChatFinished)
+    return pb.StreamChatResponse(
+        usage=usage_message(event.usage),
+        conversation_id=event.conversation_id,
+        finish_reason=_finish_reason(event.finish_reason),
+        chat_id=event.chat_id,
+    )
+
+
+def run_workflow_response(result: WorkflowResult) -> pb.RunWorkflowResponse:
+    """A whole workflow run as the API's RunWorkflowResponse."""
+    return pb.RunWorkflowResponse(
+        output=result.output,
+        execute_id=result.execute_id,
+        debug_url=result.debug_url,
+        usage=usage_message(result.usage),
+    )
+
+
+def stream_workflow_response(event: WorkflowNodeEvent) -> pb.StreamWorkflowResponse:
+    """One workflow event as the API's StreamWorkflowResponse."""
+    interrupt = event.interrupt
+    return pb.StreamWorkflowResponse(
+        content=event.content,
+        node_title=event.node_title,
+        node_seq_id=event.node_seq_id,
+        node_is_finish=event.node_is_finish,
+        node_id=event.node_id,
+        usage=usage_message(event.usage),
+        interrupt=None
+        if interrupt is None
+        else pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data),
+    )

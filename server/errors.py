@@ -1,0 +1,121 @@
+"""The one place that turns failures into gRPC statuses, with google.rpc details.
+
+Typed gateway errors become the status their class stands for, with an
+``ErrorInfo`` (reason, provider, upstream code and log id), a ``RetryInfo`` when
+the upstream said when to retry, and a ``BadRequest`` for invalid input. Any
+other exception is a bug: the caller gets INTERNAL with a generic message and an
+error id, and the traceback goes to the log (grpc.aio would otherwise send the
+exception's own text, secrets included, to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from providers.errors import (
+    GatewayError,
+    InvalidRequest,
+    ServiceNotFound,
+    ServiceNotReady,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+#: ``ErrorInfo.domain`` of every error the gateway reports.
+ERROR_DOMAIN = "aiplatform.v1"
+
+# Most specific class first: the first match wins.
+_STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ServiceNotFound, grpc.StatusCode.NOT_FOUND),
+    (ServiceNotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    # The gateway's own upstream credentials are its configuration, not the caller's;
+    # UNAUTHENTICATED stays reserved for the caller's own key.
+    (UpstreamAuthError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UpstreamNotFound, grpc.StatusCode.NOT_FOUND),
+    (UpstreamRateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UpstreamInvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (UpstreamRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # The upstream went silent past the gateway's own timeout: retryable, like a 504.
+    (UpstreamTimeout, grpc.StatusCode.UNAVAILABLE),
+    (UpstreamError, grpc.StatusCode.UNKNOWN),
+    (GatewayError, grpc.StatusCode.UNKNOWN),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStatus:
+    """A status ready to send: the code, the message, and the trailing metadata with details."""
+
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def status_for(error: Exception) -> ErrorStatus:
+    """The status a caller gets for ``error``."""
+    if not isinstance(error, GatewayError):
+        error_id = uuid.uuid4().hex[:12]
+        _LOGGER.error("unexpected error %s", error_id, exc_info=error)
+        return _build(
+            grpc.StatusCode.INTERNAL,
+            f"internal error in the gateway (error id {error_id}; the gateway's log has the details)",
+            [_error_info("INTERNAL", {"error_id": error_id})],
+        )
+    code = next(code for kind, code in _STATUS_BY_ERROR if isinstance(error, kind))
+    metadata: dict[str, str] = {}
+    details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest] = []
+    if isinstance(error, UpstreamError):
+        metadata = {"provider": error.provider, "upstream_code": error.upstream_code, "log_id": error.log_id}
+        if error.retry_after_seconds is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if isinstance(error, InvalidRequest):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+                ]
+            )
+        )
+    details.insert(0, _error_info(error.reason, {key: value for key, value in metadata.items() if value}))
+    return _build(code, error.message, details)
+
+
+def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def _build(
+    code: grpc.StatusCode,
+    message: str,
+    details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest],
+) -> ErrorStatus:
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    converted = rpc_status.to_status(status)
+    return ErrorStatus(code, message, tuple(converted.trailing_metadata))
+
+
+async def abort_with(context: grpc.aio.ServicerContext[object, object], error: Exception) -> None:
+    """End the call with the status for ``error`` (raises, as ``context.abort`` does)."""
+    status = status_for(error)
+    await context.abort(status.code, status.message, status.trailing_metadata)
