@@ -146,63 +146,64 @@ class CozeChatService(_CozeClientUser, ChatService):
 
     async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
         clients = self._require_clients()
+        messages = _coze_messages(request.messages)
         reject_unknown_parameters(request.parameters, _CHAT_PARAMETERS)
         bot_id = string_parameter(request.parameters, "bot_id", self._default_bot_id)
         if not bot_id:
             raise InvalidRequest("parameters.bot_id", "is required (no COZE_DEFAULT_BOT_ID is configured)")
         custom_variables = string_map_parameter(request.parameters, "custom_variables")
         meta_data = string_map_parameter(request.parameters, "meta_data")
-        messages = _coze_messages(request.messages)
         # Coze keeps memory per user_id; a constant one would merge every caller's memory.
         user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
 
-        async with upstream_call() as call, _map_coze_errors(call):
-            events = clients.coze.chat.stream(
-                bot_id=bot_id,
-                user_id=user_id,
-                additional_messages=messages,
-                conversation_id=request.conversation_id or None,
-                custom_variables=custom_variables,
-                meta_data=meta_data,
-            )
-            streamed_message_ids: set[str] = set()
-            async for event in events:
-                kind = event.event
-                if kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_DELTA:
-                    message = event.message
-                    if message is None or message.type != cozepy.MessageType.ANSWER:
-                        continue
-                    streamed_message_ids.add(message.id or "")
-                    if message.reasoning_content:
-                        yield ReasoningDelta(message.reasoning_content)
-                    if message.content:
-                        yield TextDelta(message.content)
-                elif kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
-                    # An answer that arrived whole, without deltas, is still part of the answer.
-                    message = event.message
-                    if (
-                        message is not None
-                        and message.type == cozepy.MessageType.ANSWER
-                        and (message.id or "") not in streamed_message_ids
-                        and message.content
-                    ):
-                        yield TextDelta(message.content)
-                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_COMPLETED:
-                    yield _chat_finished(event.chat, FinishReason.STOP)
-                    await _drain(events)
-                    return
-                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
-                    yield _chat_finished(event.chat, FinishReason.TOOL_CALLS)
-                    await _drain(events)
-                    return
-                elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_FAILED:
-                    raise _chat_failed(event.chat, call)
-                # Everything else (created, in_progress, verbose, follow-up, audio, unknown) is not answer text.
-            raise UpstreamUnavailable(
-                "Coze stream ended before conversation.chat.completed",
-                provider=PROVIDER,
-                log_id=call.header(LOG_ID_HEADER),
-            )
+        async with upstream_call() as call:
+            with _map_coze_errors(call):
+                events = clients.coze.chat.stream(
+                    bot_id=bot_id,
+                    user_id=user_id,
+                    additional_messages=messages,
+                    conversation_id=request.conversation_id or None,
+                    custom_variables=custom_variables,
+                    meta_data=meta_data,
+                )
+                streamed_message_ids: set[str] = set()
+                async for event in events:
+                    kind = event.event
+                    if kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_DELTA:
+                        message = event.message
+                        if message is None or message.type != cozepy.MessageType.ANSWER:
+                            continue
+                        streamed_message_ids.add(message.id or "")
+                        if message.reasoning_content:
+                            yield ReasoningDelta(message.reasoning_content)
+                        if message.content:
+                            yield TextDelta(message.content)
+                    elif kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
+                        # An answer that arrived whole, without deltas, is still part of the answer.
+                        message = event.message
+                        if (
+                            message is not None
+                            and message.type == cozepy.MessageType.ANSWER
+                            and (message.id or "") not in streamed_message_ids
+                            and message.content
+                        ):
+                            yield TextDelta(message.content)
+                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_COMPLETED:
+                        yield _chat_finished(event.chat, FinishReason.STOP)
+                        await _drain(events)
+                        return
+                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
+                        yield _chat_finished(event.chat, FinishReason.TOOL_CALLS)
+                        await _drain(events)
+                        return
+                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_FAILED:
+                        raise _chat_failed(event.chat, call)
+                    # Everything else (created, in_progress, verbose, follow-up, audio, unknown) is not answer text.
+                raise UpstreamUnavailable(
+                    "Coze stream ended before conversation.chat.completed",
+                    provider=PROVIDER,
+                    log_id=call.header(LOG_ID_HEADER),
+                )
 
 
 class CozeWorkflowService(_CozeClientUser, WorkflowService):
@@ -226,13 +227,14 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
     async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
         clients = self._require_clients()
         workflow_id = self._workflow_id(request)
-        async with upstream_call() as call, _map_coze_errors(call):
-            result = await clients.coze.workflows.runs.create(
-                workflow_id=workflow_id,
-                parameters=dict(request.parameters),
-                bot_id=request.bot_id or None,
-                app_id=request.app_id or None,
-            )
+        async with upstream_call() as call:
+            with _map_coze_errors(call):
+                result = await clients.coze.workflows.runs.create(
+                    workflow_id=workflow_id,
+                    parameters=dict(request.parameters),
+                    bot_id=request.bot_id or None,
+                    app_id=request.app_id or None,
+                )
         return WorkflowResult(
             output=result.data or "",
             execute_id=result.execute_id or "",
@@ -247,32 +249,33 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
             body["bot_id"] = request.bot_id
         if request.app_id:
             body["app_id"] = request.app_id
-        async with upstream_call() as call, _map_coze_errors(call):
-            response = await clients.http.send(
-                clients.http.build_request(
-                    "POST",
-                    f"{clients.base_url}/v1/workflow/stream_run",
-                    json=body,
-                    headers={"Authorization": f"Bearer {clients.token}"},
-                ),
-                stream=True,
-            )
-            await _raise_for_json_error(response)
-            async for sse in iter_sse(response):
-                if sse.event == "Message":
-                    yield _workflow_message(sse)
-                elif sse.event == "Interrupt":
-                    yield _workflow_interrupt(sse)
-                elif sse.event == "Error":
-                    raise _workflow_error(sse, call)
-                elif sse.event == "Done":
-                    return
-                # PING heartbeats and unknown events carry no output.
-            raise UpstreamUnavailable(
-                "Coze workflow stream ended before its Done event",
-                provider=PROVIDER,
-                log_id=call.header(LOG_ID_HEADER),
-            )
+        async with upstream_call() as call:
+            with _map_coze_errors(call):
+                response = await clients.http.send(
+                    clients.http.build_request(
+                        "POST",
+                        f"{clients.base_url}/v1/workflow/stream_run",
+                        json=body,
+                        headers={"Authorization": f"Bearer {clients.token}"},
+                    ),
+                    stream=True,
+                )
+                await _raise_for_json_error(response)
+                async for sse in iter_sse(response):
+                    if sse.event == "Message":
+                        yield _workflow_message(sse)
+                    elif sse.event == "Interrupt":
+                        yield _workflow_interrupt(sse)
+                    elif sse.event == "Error":
+                        raise _workflow_error(sse, call)
+                    elif sse.event == "Done":
+                        return
+                    # PING heartbeats and unknown events carry no output.
+                raise UpstreamUnavailable(
+                    "Coze workflow stream ended before its Done event",
+                    provider=PROVIDER,
+                    log_id=call.header(LOG_ID_HEADER),
+                )
 
     def _workflow_id(self, request: WorkflowInput) -> str:
         workflow_id = request.workflow_id or self._default_workflow_id

@@ -1,0 +1,679 @@
+"""A fake Coze Open API: a real aiohttp server on 127.0.0.1 that speaks the wire format cozepy 0.20.0 expects.
+
+The wire format follows /work/shared/docs/coze-wire.md (§§1-4, checklist in §7). Behaviour is chosen per
+request by the chat `bot_id` or the workflow `workflow_id` (the `BOT_*` / `WORKFLOW_*` constants below);
+any other id behaves normally. Every request is recorded in `FakeCoze.requests`, and every client that
+goes away before its stream was finished is recorded in `FakeCoze.disconnects`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# --- Chat scenarios, selected by the request's bot_id (any other bot_id streams the normal answer) ---
+BOT_NORMAL = "bot-normal"  # the normal answer; any unlisted bot_id does the same
+BOT_REASONING = "bot-reasoning"  # reasoning_content deltas (empty content) before the answer deltas
+BOT_VERBOSE_AND_UNKNOWN = "bot-verbose-and-unknown"  # adds knowledge + follow_up messages and an unknown event
+BOT_COMPLETED_ONLY = "bot-completed-only"  # the answer arrives only as message.completed, no deltas
+BOT_MISSING = "bot-missing"  # JSON {"code":4200} before any event (HTTP 200)
+BOT_BAD_REQUEST = "bot-bad-request"  # JSON {"code":4000} before any event (HTTP 200)
+BOT_RATE_LIMITED = "bot-rate-limited"  # HTTP 429, JSON {"code":4013}, Retry-After: 2
+BOT_HTTP_502 = "bot-http-502"  # HTTP 502 text/html "<html>bad gateway</html>" (a gateway in front of Coze)
+BOT_ERROR_EVENT = "bot-error-event"  # two deltas, then an `error` event, done, end
+BOT_FAILED = "bot-failed"  # two deltas, then conversation.chat.failed (last_error 5000), done, end
+BOT_CUT = "bot-cut"  # two deltas, then the TCP connection is aborted mid chunked body
+BOT_STALL = "bot-stall"  # two deltas, then silence until the client goes away
+BOT_SLOW = "bot-slow"  # the normal answer, one delta every FakeCoze.slow_interval seconds
+BOT_NO_CLOSE = "bot-no-close"  # the normal stream, but the body stays open NO_CLOSE_SECONDS after done
+BOT_MALFORMED = "bot-malformed"  # two deltas, then a `: ping` comment line (cozepy raises), then the rest
+BOT_REQUIRES_ACTION = "bot-requires-action"  # conversation.chat.requires_action with one tool call, done
+BOT_SPLIT_UTF8 = "bot-split-utf8"  # answer SPLIT_UTF8_ANSWER; each delta splits a UTF-8 char across writes
+
+# --- Workflow scenarios, selected by workflow_id (any other id runs normally) ---
+WORKFLOW_NORMAL = "wf-normal"  # node messages echoing the parameters, then Done; any unlisted id does the same
+WORKFLOW_ERROR_EVENT = "wf-error-event"  # one Message, then Error (5000), end without Done
+WORKFLOW_INTERRUPT = "wf-interrupt"  # question-node Message, then Interrupt (INTERRUPT_EVENT_ID), then Done
+WORKFLOW_PING = "wf-ping"  # a PING event (with an id) between the Messages
+WORKFLOW_CUT = "wf-cut"  # one Message, then the TCP connection is aborted mid chunked body
+WORKFLOW_NO_DONE = "wf-no-done"  # the Messages, then a clean end of the body without Done
+WORKFLOW_STALL = "wf-stall"  # one Message, then silence until the client goes away
+WORKFLOW_MISSING = "wf-missing"  # JSON {"code":4200} (run, stream_run and stream_resume)
+
+# --- Deterministic values tests can assert on ---
+CHAT_USAGE_INPUT_COUNT = 614
+CHAT_USAGE_OUTPUT_COUNT = 19
+CHAT_USAGE_TOKEN_COUNT = CHAT_USAGE_INPUT_COUNT + CHAT_USAGE_OUTPUT_COUNT
+WORKFLOW_USAGE_INPUT_COUNT = 50
+WORKFLOW_USAGE_OUTPUT_COUNT = 100
+WORKFLOW_USAGE_TOKEN_COUNT = WORKFLOW_USAGE_INPUT_COUNT + WORKFLOW_USAGE_OUTPUT_COUNT
+
+DEFAULT_TOKEN = "pat_fake_test_token_0123456789"
+DEFAULT_ANSWER = "2024 年 10 月 1 日是星期三。"
+SPLIT_UTF8_ANSWER = "你好世界"
+ANSWER_PIECE_CHARS = 3  # the answer is streamed in deltas of this many characters
+REASONING_PIECES = ("先确定日期，", "再推算星期，", "得出结论。")
+FOLLOW_UP_QUESTION = "2024 年国庆节放几天假？"
+TOOL_CALL_ID = "call_fake_0001"
+TOOL_CALL_NAME = "get_weather"
+TOOL_CALL_ARGUMENTS = '{"city":"北京"}'
+INTERRUPT_EVENT_ID = "7404830425073352713/2769808280134765896"
+INTERRUPT_TYPE = 2  # question node
+INTERRUPT_QUESTION = "请问你想查看哪个城市？"
+INTERRUPT_NODE_TITLE = "问答"
+NO_CLOSE_SECONDS = 3.0
+SPLIT_WRITE_PAUSE = 0.01  # long enough for the two halves to leave as separate TCP segments
+
+_JSON_CONTENT_TYPE = "application/json"
+_AUTH_FAILED = (4100, "authentication is invalid")
+_BAD_REQUEST = (
+    4000,
+    "The field http body provided is not a valid json or chat request. Please check your input.",
+)
+_NOT_FOUND = (4200, "resource not found")
+_RATE_LIMITED = (4013, "Your request rate is too high, please try again later.")
+_STREAM_FALSE_NEEDS_SAVE = (4007, "stream=false is only allowed when auto_save_history=true")
+_CONVERSATION_BUSY = (4016, "There is a chat in progress in this conversation.")
+_INVALID_CHAT = (4001, "Invalid chat")
+_NO_EXECUTION = (4314, "execution record not found")
+_EVENT_INTERVAL_ERROR = {"code": 5000, "msg": "event interval error"}
+_ERROR_EVENT = {"code": 5000, "msg": "internal error"}
+_WORKFLOW_ERROR = {"error_code": 5000, "error_message": "workflow node failed"}
+_VERBOSE_FINISH = json.dumps(
+    {
+        "msg_type": "generate_answer_finish",
+        "data": '{"finish_reason":0,"FinData":""}',
+        "from_module": None,
+        "from_unit": None,
+    },
+    separators=(",", ":"),
+)
+
+# Per-request storage: the x-tt-logid the fake answers with, and the parsed JSON body (None if absent).
+_LOG_ID = web.RequestKey("log_id", str)
+_BODY: web.RequestKey[Any] = web.RequestKey("json_body")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case keys
+    json: Any  # the parsed JSON body, or None when there was no (valid) JSON body
+    time: float  # time.monotonic()
+    log_id: str  # the x-tt-logid the fake answered with
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """A client that went away before its stream response was finished."""
+
+    path: str
+    scenario: str  # the request's bot_id or workflow_id
+    time: float  # time.monotonic()
+    log_id: str
+
+
+@dataclass
+class _ChatRecord:
+    """Ids of one chat, kept so retrieve, message list and cancel can answer for it."""
+
+    chat_id: str
+    conversation_id: str
+    bot_id: str
+    answer_message_id: str
+    verbose_message_id: str
+    answer: str
+    created_at: int
+    status: str = "in_progress"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def chat(self, status: str, **extra: Any) -> dict[str, Any]:
+        """A Chat object in the given status; terminal statuses carry the fake's usage."""
+        usage = {"token_count": 0, "output_count": 0, "input_count": 0}
+        if status in ("completed", "failed", "requires_action", "canceled"):
+            usage = chat_usage()
+        chat: dict[str, Any] = {
+            "id": self.chat_id,
+            "conversation_id": self.conversation_id,
+            "bot_id": self.bot_id,
+            "created_at": self.created_at,
+            "last_error": {"code": 0, "msg": ""},
+            "status": status,
+            "usage": usage,
+        }
+        if status == "completed":
+            chat["completed_at"] = int(time.time())
+        chat.update(extra)
+        return chat
+
+    def message(self, message_id: str, message_type: str, content: str, **extra: Any) -> dict[str, Any]:
+        """An assistant Message object of this chat."""
+        return {
+            "id": message_id,
+            "conversation_id": self.conversation_id,
+            "bot_id": self.bot_id,
+            "role": "assistant",
+            "type": message_type,
+            "content": content,
+            "content_type": "text",
+            "chat_id": self.chat_id,
+            **extra,
+        }
+
+
+def chat_usage() -> dict[str, int]:
+    """The usage every finished chat reports."""
+    return {
+        "token_count": CHAT_USAGE_TOKEN_COUNT,
+        "output_count": CHAT_USAGE_OUTPUT_COUNT,
+        "input_count": CHAT_USAGE_INPUT_COUNT,
+    }
+
+
+def workflow_usage() -> dict[str, int]:
+    """The usage every workflow run reports."""
+    return {
+        "input_count": WORKFLOW_USAGE_INPUT_COUNT,
+        "output_count": WORKFLOW_USAGE_OUTPUT_COUNT,
+        "token_count": WORKFLOW_USAGE_TOKEN_COUNT,
+    }
+
+
+def workflow_output(parameters: Any) -> str:
+    """The End-node output (and /v1/workflow/run `data`) for the given input parameters."""
+    return _dumps({"output": parameters})
+
+
+def split_answer(answer: str) -> list[str]:
+    """The delta pieces the fake streams for an answer; joined they equal the answer."""
+    return [answer[i : i + ANSWER_PIECE_CHARS] for i in range(0, len(answer), ANSWER_PIECE_CHARS)]
+
+
+def _dumps(value: Any) -> str:
+    # Compact, UTF-8 and always one line: cozepy needs each `data:` JSON on a single line.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+
+def _error(code_msg: tuple[int, str], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # Coze sends business errors as HTTP 200 with a code/msg envelope (spec §4.2).
+    code, msg = code_msg
+    return _json({"code": code, "msg": msg}, status=status, headers=headers)
+
+
+def _ok(data: Any) -> web.Response:
+    return _json({"code": 0, "msg": "", "data": data})
+
+
+def _chat_event(name: str, data: Any) -> bytes:
+    return f"event:{name}\ndata:{_dumps(data)}\n\n".encode()
+
+
+def _workflow_event(event_id: int, name: str, data: Any) -> bytes:
+    return f"id: {event_id}\nevent: {name}\ndata: {_dumps(data)}\n\n".encode()
+
+
+def _debug_url(execute_id: str, workflow_id: str) -> str:
+    return (
+        f"https://www.coze.cn/work_flow?execute_id={execute_id}&space_id=7361424235321600000&workflow_id={workflow_id}"
+    )
+
+
+class _ServerCut(Exception):
+    """Raised inside a stream after the fake aborted the connection on purpose (not a disconnect)."""
+
+
+class FakeCoze:
+    """A fake Coze Open API on 127.0.0.1, speaking the wire format cozepy 0.20.0 expects."""
+
+    def __init__(self, token: str = DEFAULT_TOKEN, answer: str = DEFAULT_ANSWER) -> None:
+        self.token = token
+        self.answer = answer
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self.disconnects: list[Disconnect] = []
+        self.open_streams = 0
+        self.slow_interval = 1.0
+        self._runner: web.AppRunner | None = None
+        # Random start so ids differ between fakes; still 19 digits like Coze's snowflake ids.
+        self._ids = itertools.count(7_400_000_000_000_000_000 + secrets.randbelow(10**16))
+        self._log_ids = itertools.count(1)
+        self._chats: dict[str, _ChatRecord] = {}
+        self._busy_conversations: set[str] = set()
+        self._stream_transports: set[asyncio.BaseTransport] = set()
+        self._disconnect_seen = 0
+        self._disconnect_event = asyncio.Event()
+        self._stopping = False
+
+    async def __aenter__(self) -> FakeCoze:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 on a free port and start serving."""
+        app = web.Application(middlewares=[self._record_and_authenticate])
+        app.on_response_prepare.append(self._add_log_id)
+        app.router.add_post("/v3/chat", self._chat)
+        app.router.add_route("POST", "/v3/chat/retrieve", self._retrieve)
+        app.router.add_route("GET", "/v3/chat/retrieve", self._retrieve)
+        app.router.add_get("/v3/chat/message/list", self._message_list)
+        app.router.add_post("/v3/chat/cancel", self._cancel)
+        app.router.add_post("/v1/workflow/run", self._workflow_run)
+        app.router.add_post("/v1/workflow/stream_run", self._workflow_stream_run)
+        app.router.add_post("/v1/workflow/stream_resume", self._workflow_stream_resume)
+        # aiohttp leaves a handler running after its client left unless told to cancel it; the
+        # cancellation is how a vanished client gets noticed (and recorded) within milliseconds.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop serving; streams still open are cut without being recorded as disconnects."""
+        if self._runner is None:
+            return
+        self._stopping = True
+        for transport in list(self._stream_transports):
+            transport.abort()
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def wait_for_disconnect(self, timeout: float = 2.0) -> Disconnect:
+        """Return the next disconnect not yet returned by this method, waiting up to `timeout` seconds.
+
+        Raises:
+            TimeoutError: no new disconnect was recorded in time.
+        """
+        async with asyncio.timeout(timeout):
+            while len(self.disconnects) <= self._disconnect_seen:
+                self._disconnect_event.clear()
+                await self._disconnect_event.wait()
+        disconnect = self.disconnects[self._disconnect_seen]
+        self._disconnect_seen += 1
+        return disconnect
+
+    # --- plumbing ---
+
+    def _new_id(self) -> str:
+        return str(next(self._ids))
+
+    def _new_log_id(self) -> str:
+        # Coze's format: 14 digits of local time, then 20 upper-case hex digits (34 characters).
+        return f"{time.strftime('%Y%m%d%H%M%S')}{next(self._log_ids):06X}{secrets.token_hex(7).upper()}"
+
+    @web.middleware
+    async def _record_and_authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[_LOG_ID] = log_id = self._new_log_id()
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw)
+        request[_BODY] = body
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers={key.lower(): value for key, value in request.headers.items()},
+                json=body,
+                time=time.monotonic(),
+                log_id=log_id,
+            )
+        )
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _error(_AUTH_FAILED)
+        return await handler(request)
+
+    async def _add_log_id(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["x-tt-logid"] = request.get(_LOG_ID) or self._new_log_id()
+
+    def _record_disconnect(self, request: web.Request, scenario: str) -> None:
+        self.disconnects.append(Disconnect(request.path, scenario, time.monotonic(), request[_LOG_ID]))
+        self._disconnect_event.set()
+
+    @contextlib.asynccontextmanager
+    async def _event_stream(self, request: web.Request, scenario: str) -> AsyncIterator[web.StreamResponse]:
+        """Open an SSE response; record a disconnect if the client leaves before it is finished."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        transport = request.transport
+        self.open_streams += 1
+        try:
+            if transport is not None:
+                self._stream_transports.add(transport)
+            await response.prepare(request)
+            yield response
+            # The body is finished only once the terminating chunk went out.
+            await response.write_eof()
+        except _ServerCut:
+            pass
+        except asyncio.CancelledError:
+            # handler_cancellation: the connection was lost while the handler awaited something.
+            if not self._stopping:
+                self._record_disconnect(request, scenario)
+            raise
+        except ConnectionError:
+            # A write hit a connection the client had already closed.
+            if not self._stopping:
+                self._record_disconnect(request, scenario)
+        finally:
+            self.open_streams -= 1
+            self._stream_transports.discard(transport)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _cut(request: web.Request, response: web.StreamResponse) -> None:
+        """Abort the TCP connection without finishing the chunked body."""
+        assert request.transport is not None
+        request.transport.abort()
+        raise _ServerCut
+
+    @staticmethod
+    async def _stall() -> None:
+        """Send nothing more; the handler is cancelled when the client goes away."""
+        await asyncio.Event().wait()
+
+    # --- chat ---
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = request[_BODY]
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("bot_id"), str)
+            or not body["bot_id"]
+            or not isinstance(body.get("user_id"), str)
+        ):
+            return _error(_BAD_REQUEST)
+        bot_id: str = body["bot_id"]
+        if early := self._chat_scenario_error(bot_id):
+            return early
+        stream = body.get("stream") is True
+        if not stream and body.get("auto_save_history", True) is False:
+            return _error(_STREAM_FALSE_NEEDS_SAVE)
+        # cozepy always sends `?conversation_id=`; empty means "start a new conversation".
+        conversation_id = request.query.get("conversation_id") or self._new_id()
+        if conversation_id in self._busy_conversations:
+            return _error(_CONVERSATION_BUSY)
+        record = _ChatRecord(
+            chat_id=self._new_id(),
+            conversation_id=conversation_id,
+            bot_id=bot_id,
+            answer_message_id=self._new_id(),
+            verbose_message_id=self._new_id(),
+            answer=SPLIT_UTF8_ANSWER if bot_id == BOT_SPLIT_UTF8 else self.answer,
+            created_at=int(time.time()),
+        )
+        self._chats[record.chat_id] = record
+        if not stream:
+            # Coze answers at once with in_progress; the fake's chat is done by the first retrieve.
+            record.status = "completed"
+            return _ok(record.chat("in_progress"))
+        self._busy_conversations.add(conversation_id)
+        try:
+            async with self._event_stream(request, bot_id) as response:
+                await self._write_chat(request, response, record)
+            return response
+        finally:
+            self._busy_conversations.discard(conversation_id)
+
+    @staticmethod
+    def _chat_scenario_error(bot_id: str) -> web.Response | None:
+        if bot_id == BOT_MISSING:
+            return _error(_NOT_FOUND)
+        if bot_id == BOT_BAD_REQUEST:
+            return _error(_BAD_REQUEST)
+        if bot_id == BOT_RATE_LIMITED:
+            return _error(_RATE_LIMITED, status=429, headers={"Retry-After": "2"})
+        if bot_id == BOT_HTTP_502:
+            return web.Response(status=502, text="<html>bad gateway</html>", content_type="text/html")
+        return None
+
+    async def _write_chat(self, request: web.Request, response: web.StreamResponse, record: _ChatRecord) -> None:
+        scenario = record.bot_id
+        await response.write(_chat_event("conversation.chat.created", record.chat("created")))
+        await response.write(_chat_event("conversation.chat.in_progress", record.chat("in_progress")))
+        if scenario == BOT_REQUIRES_ACTION:
+            record.status = "requires_action"
+            await response.write(
+                _chat_event("conversation.chat.requires_action", record.chat("requires_action", **_tool_call()))
+            )
+            await response.write(_chat_event("done", "[DONE]"))
+            return
+        if scenario == BOT_REASONING:
+            for piece in REASONING_PIECES:
+                delta = record.message(record.answer_message_id, "answer", "", reasoning_content=piece)
+                await response.write(_chat_event("conversation.message.delta", delta))
+        if scenario == BOT_VERBOSE_AND_UNKNOWN:
+            knowledge = record.message(self._new_id(), "knowledge", "2024 年 10 月 1 日：国庆节。")
+            await response.write(_chat_event("conversation.message.completed", knowledge))
+            await response.write(_chat_event("conversation.audio.whatever", {"id": self._new_id()}))
+
+        pieces = [] if scenario == BOT_COMPLETED_ONLY else split_answer(record.answer)
+        for index, piece in enumerate(pieces[:2]):
+            await self._write_delta(response, record, piece, slow=index > 0)
+        if scenario == BOT_ERROR_EVENT:
+            await response.write(_chat_event("error", _ERROR_EVENT))
+            await response.write(_chat_event("done", "[DONE]"))
+            return
+        if scenario == BOT_FAILED:
+            record.status = "failed"
+            failed = record.chat("failed", failed_at=int(time.time()), last_error=_EVENT_INTERVAL_ERROR)
+            await response.write(_chat_event("conversation.chat.failed", failed))
+            await response.write(_chat_event("done", "[DONE]"))
+            return
+        if scenario == BOT_CUT:
+            await self._cut(request, response)
+        if scenario == BOT_STALL:
+            await self._stall()
+        if scenario == BOT_MALFORMED:
+            await response.write(b": ping\n\n")
+        for piece in pieces[2:]:
+            await self._write_delta(response, record, piece, slow=True)
+
+        answer = record.message(record.answer_message_id, "answer", record.answer)
+        await response.write(_chat_event("conversation.message.completed", answer))
+        verbose = record.message(record.verbose_message_id, "verbose", _VERBOSE_FINISH)
+        await response.write(_chat_event("conversation.message.completed", verbose))
+        if scenario == BOT_VERBOSE_AND_UNKNOWN:
+            follow_up = record.message(self._new_id(), "follow_up", FOLLOW_UP_QUESTION)
+            await response.write(_chat_event("conversation.message.completed", follow_up))
+        record.status = "completed"
+        await response.write(_chat_event("conversation.chat.completed", record.chat("completed")))
+        await response.write(_chat_event("done", "[DONE]"))
+        if scenario == BOT_NO_CLOSE:
+            await asyncio.sleep(NO_CLOSE_SECONDS)
+
+    async def _write_delta(self, response: web.StreamResponse, record: _ChatRecord, piece: str, *, slow: bool) -> None:
+        if slow and record.bot_id == BOT_SLOW:
+            await asyncio.sleep(self.slow_interval)
+        delta = _chat_event("conversation.message.delta", record.message(record.answer_message_id, "answer", piece))
+        if record.bot_id == BOT_SPLIT_UTF8:
+            await _write_split_utf8(response, delta)
+        else:
+            await response.write(delta)
+
+    def _known_chat(self, request: web.Request) -> _ChatRecord | None:
+        body = request[_BODY] if isinstance(request[_BODY], dict) else {}
+        chat_id = request.query.get("chat_id") or body.get("chat_id")
+        return self._chats.get(chat_id) if isinstance(chat_id, str) else None
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        record = self._known_chat(request)
+        if record is None:
+            return _error(_INVALID_CHAT)
+        return _ok(record.chat(record.status))
+
+    async def _message_list(self, request: web.Request) -> web.StreamResponse:
+        record = self._known_chat(request)
+        if record is None:
+            return _error(_INVALID_CHAT)
+        # No `first_id` here: cozepy would turn `data` into a paging dict and fail (spec §2.5).
+        verbose = record.message(record.verbose_message_id, "verbose", _VERBOSE_FINISH)
+        answer = record.message(record.answer_message_id, "answer", record.answer)
+        return _ok([verbose, answer])
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        record = self._known_chat(request)
+        if record is None:
+            return _error(_INVALID_CHAT)
+        record.status = "canceled"
+        return _ok(record.chat("canceled"))
+
+    # --- workflows ---
+
+    async def _workflow_run(self, request: web.Request) -> web.StreamResponse:
+        body = request[_BODY]
+        if not isinstance(body, dict) or not isinstance(body.get("workflow_id"), str):
+            return _error(_BAD_REQUEST)
+        if body["workflow_id"] == WORKFLOW_MISSING:
+            return _error(_NOT_FOUND)
+        execute_id = self._new_id()
+        # `debug_url` must be present: cozepy picks the workflow-result shape by that key (spec §3.1).
+        return _json(
+            {
+                "code": 0,
+                "msg": "",
+                "data": workflow_output(body.get("parameters")),
+                "debug_url": _debug_url(execute_id, body["workflow_id"]),
+                "execute_id": execute_id,
+                "usage": workflow_usage(),
+            }
+        )
+
+    async def _workflow_stream_run(self, request: web.Request) -> web.StreamResponse:
+        body = request[_BODY]
+        if not isinstance(body, dict) or not isinstance(body.get("workflow_id"), str):
+            return _error(_BAD_REQUEST)
+        workflow_id: str = body["workflow_id"]
+        if workflow_id == WORKFLOW_MISSING:
+            return _error(_NOT_FOUND)
+        parameters = body.get("parameters")
+        messages = [
+            _node_message("Message", f"收到参数：{_dumps(parameters)}", seq=0, finished=False),
+            _node_message("Message", "处理完成。", seq=1, finished=True),
+            _node_message("End", workflow_output(parameters), seq=0, finished=True, usage=workflow_usage()),
+        ]
+        if workflow_id == WORKFLOW_INTERRUPT:
+            messages = [_node_message(INTERRUPT_NODE_TITLE, INTERRUPT_QUESTION, seq=0, finished=True)]
+        async with self._event_stream(request, workflow_id) as response:
+            await self._write_workflow(request, response, workflow_id, messages)
+        return response
+
+    async def _workflow_stream_resume(self, request: web.Request) -> web.StreamResponse:
+        body = request[_BODY]
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("workflow_id"), str)
+            or not isinstance(body.get("resume_data"), str)
+        ):
+            return _error(_BAD_REQUEST)
+        workflow_id: str = body["workflow_id"]
+        if workflow_id == WORKFLOW_MISSING:
+            return _error(_NOT_FOUND)
+        if body.get("event_id") != INTERRUPT_EVENT_ID:
+            return _error(_NO_EXECUTION)
+        content = _dumps({"output": f"{body['resume_data']}：晴，25°C"})
+        messages = [_node_message("End", content, seq=0, finished=True, usage=workflow_usage())]
+        async with self._event_stream(request, workflow_id) as response:
+            # The resumed run has no second interrupt; every other scenario applies as in stream_run.
+            scenario = WORKFLOW_NORMAL if workflow_id == WORKFLOW_INTERRUPT else workflow_id
+            await self._write_workflow(request, response, scenario, messages)
+        return response
+
+    async def _write_workflow(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        scenario: str,
+        messages: list[dict[str, Any]],
+    ) -> None:
+        event_ids = itertools.count()
+        await response.write(_workflow_event(next(event_ids), "Message", messages[0]))
+        if scenario == WORKFLOW_ERROR_EVENT:
+            # Coze ends the body after Error without a Done (and cozepy raises nothing).
+            await response.write(_workflow_event(next(event_ids), "Error", _WORKFLOW_ERROR))
+            return
+        if scenario == WORKFLOW_CUT:
+            await self._cut(request, response)
+        if scenario == WORKFLOW_STALL:
+            await self._stall()
+        if scenario == WORKFLOW_PING:
+            # PING must carry an id: line, or cozepy's 3-line parser desynchronises (spec §2.2).
+            await response.write(_workflow_event(next(event_ids), "PING", {}))
+        for message in messages[1:]:
+            await response.write(_workflow_event(next(event_ids), "Message", message))
+        if scenario == WORKFLOW_INTERRUPT:
+            interrupt = {
+                "interrupt_data": {"data": INTERRUPT_QUESTION, "event_id": INTERRUPT_EVENT_ID, "type": INTERRUPT_TYPE},
+                "node_title": INTERRUPT_NODE_TITLE,
+            }
+            await response.write(_workflow_event(next(event_ids), "Interrupt", interrupt))
+        if scenario == WORKFLOW_NO_DONE:
+            return
+        done = {"debug_url": _debug_url(self._new_id(), request[_BODY]["workflow_id"])}
+        await response.write(_workflow_event(next(event_ids), "Done", done))
+
+
+def _node_message(
+    node_title: str, content: str, *, seq: int, finished: bool, usage: dict[str, int] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "content": content,
+        "content_type": "text",
+        "node_is_finish": finished,
+        "node_seq_id": str(seq),  # a string on the wire; cozepy's model requires it
+        "node_title": node_title,
+    }
+    if usage is not None:
+        message["usage"] = usage
+    return message
+
+
+def _tool_call() -> dict[str, Any]:
+    return {
+        "required_action": {
+            "type": "submit_tool_outputs",
+            "submit_tool_outputs": {
+                "tool_calls": [
+                    {
+                        "id": TOOL_CALL_ID,
+                        "type": "function",
+                        "function": {"name": TOOL_CALL_NAME, "arguments": TOOL_CALL_ARGUMENTS},
+                    }
+                ]
+            },
+        }
+    }
+
+
+async def _write_split_utf8(response: web.StreamResponse, payload: bytes) -> None:
+    """Write an event in two network writes that split its first multi-byte UTF-8 character."""
+    first_non_ascii = next((i for i, byte in enumerate(payload) if byte >= 0x80), None)
+    if first_non_ascii is None:
+        await response.write(payload)
+        return
+    await response.write(payload[: first_non_ascii + 1])
+    await asyncio.sleep(SPLIT_WRITE_PAUSE)
+    await response.write(payload[first_non_ascii + 1 :])

@@ -1,0 +1,207 @@
+"""Invalid requests get a defined status and a message naming the problem, on every RPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from providers.base import ChatEvent, ChatInput, ChatService, TextDelta
+from providers.echo import EchoChatService
+from providers.registry import ServiceRegistry
+from server.app import start_server
+from tests.conftest import error_details, make_settings
+
+Call = Callable[[pb_grpc.AIPlatformServiceStub, Any], Awaitable[object]]
+
+
+async def _unary_chat(stub: pb_grpc.AIPlatformServiceStub, fields: dict[str, Any]) -> object:
+    return await stub.Chat(pb.ChatRequest(**fields))
+
+
+async def _stream_chat(stub: pb_grpc.AIPlatformServiceStub, fields: dict[str, Any]) -> object:
+    return [response async for response in stub.StreamChat(pb.StreamChatRequest(**fields))]
+
+
+async def _unary_workflow(stub: pb_grpc.AIPlatformServiceStub, fields: dict[str, Any]) -> object:
+    return await stub.RunWorkflow(pb.RunWorkflowRequest(**fields))
+
+
+async def _stream_workflow(stub: pb_grpc.AIPlatformServiceStub, fields: dict[str, Any]) -> object:
+    return [event async for event in stub.StreamWorkflow(pb.StreamWorkflowRequest(**fields))]
+
+
+CHAT_CALLS = [pytest.param(_unary_chat, id="Chat"), pytest.param(_stream_chat, id="StreamChat")]
+WORKFLOW_CALLS = [pytest.param(_unary_workflow, id="RunWorkflow"), pytest.param(_stream_workflow, id="StreamWorkflow")]
+HI = [pb.ChatMessage(role="user", content="hi")]
+
+
+async def _expect(call: Call, stub: pb_grpc.AIPlatformServiceStub, fields: dict[str, Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(stub, fields)
+    return raised.value
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS)
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"),
+    [
+        ({"service_name": "echo"}, "messages", "at least one message"),
+        ({"service_name": "echo", "messages": [pb.ChatMessage(role="user")]}, "messages[0].content", "empty"),
+        (
+            {"service_name": "echo", "messages": [*HI, pb.ChatMessage(role="bot", content="x")]},
+            "messages[1].role",
+            "'bot'",
+        ),
+        ({"service_name": "", "messages": HI}, "service_name", "required"),
+        ({"service_name": "echo_workflow", "messages": HI}, "service_name", "workflow service"),
+        (
+            {"service_name": "coze", "messages": [pb.ChatMessage(role="system", content="x"), *HI]},
+            "messages[0].role",
+            "system",
+        ),
+        ({"service_name": "coze", "messages": HI}, "parameters.bot_id", "required"),
+        (
+            {"service_name": "echo", "messages": [*HI, pb.ChatMessage(role="assistant", content="x")]},
+            "messages[1].role",
+            "last",
+        ),
+    ],
+)
+async def test_invalid_chat_requests_name_the_field(
+    stub: pb_grpc.AIPlatformServiceStub, call: Call, fields: dict[str, Any], field: str, fragment: str
+) -> None:
+    error = await _expect(call, stub, fields)
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(f"{field}: ")
+    assert fragment in (error.details() or "")
+    details = error_details(error)
+    assert details["ErrorInfo"].reason == "INVALID_REQUEST"  # type: ignore[attr-defined]
+    assert details["BadRequest"].field_violations[0].field == field  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+async def test_non_finite_numbers_are_rejected(stub: pb_grpc.AIPlatformServiceStub, call: Call, bad: float) -> None:
+    parameters = struct_pb2.Struct()
+    parameters.update({"delay_ms": bad})
+    error = await _expect(call, stub, {"service_name": "echo", "messages": HI, "parameters": parameters})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "parameters.delay_ms: must be a finite number"
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS)
+async def test_bot_id_given_as_a_number_is_rejected(stub: pb_grpc.AIPlatformServiceStub, call: Call) -> None:
+    parameters = struct_pb2.Struct()
+    parameters.update({"bot_id": 7379462189365198898})
+    error = await _expect(call, stub, {"service_name": "coze", "messages": HI, "parameters": parameters})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith("parameters.bot_id: must be a string")
+
+
+@pytest.mark.parametrize("call", WORKFLOW_CALLS)
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"service_name": "echo"}, "service_name"),
+        ({"service_name": "coze_workflow"}, "workflow_id"),
+        ({"service_name": ""}, "service_name"),
+    ],
+)
+async def test_invalid_workflow_requests_name_the_field(
+    stub: pb_grpc.AIPlatformServiceStub, call: Call, fields: dict[str, Any], field: str
+) -> None:
+    error = await _expect(call, stub, fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS + WORKFLOW_CALLS)
+async def test_unknown_service_is_not_found(stub: pb_grpc.AIPlatformServiceStub, call: Call) -> None:
+    error = await _expect(call, stub, {"service_name": "nope", **({"messages": HI} if "Chat" in str(call) else {})})
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in (error.details() or "")
+    assert error_details(error)["ErrorInfo"].reason == "SERVICE_NOT_FOUND"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def unconfigured_stub() -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
+    """A gateway with no COZE_API_TOKEN."""
+    server = await start_server(make_settings(None))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield pb_grpc.AIPlatformServiceStub(channel)
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("call", "fields"),
+    [
+        (_unary_chat, {"service_name": "coze", "messages": HI}),
+        (_stream_chat, {"service_name": "coze", "messages": HI}),
+        (_unary_workflow, {"service_name": "coze_workflow", "workflow_id": "w"}),
+        (_stream_workflow, {"service_name": "coze_workflow", "workflow_id": "w"}),
+    ],
+)
+async def test_service_without_token_is_failed_precondition(
+    unconfigured_stub: pb_grpc.AIPlatformServiceStub, call: Call, fields: dict[str, Any]
+) -> None:
+    error = await _expect(call, unconfigured_stub, fields)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "COZE_API_TOKEN" in (error.details() or "")
+    listed = await unconfigured_stub.ListServices(pb.ListServicesRequest())
+    coze = next(service for service in listed.services if service.name == fields["service_name"])
+    assert not coze.ready and "COZE_API_TOKEN" in coze.not_ready_reason
+
+
+class _BrokenChatService(ChatService):
+    """Fails with a bug whose text holds a secret, after one chunk when streaming."""
+
+    provider = "broken"
+
+    async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+        yield TextDelta("partial")
+        raise RuntimeError("boom with pat_secret_token_that_must_not_leak")
+
+
+async def test_unexpected_errors_become_internal_without_their_text() -> None:
+    registry = ServiceRegistry([_BrokenChatService("broken", "test"), EchoChatService()])
+    server = await start_server(make_settings(None), registry)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AIPlatformServiceStub(channel)
+            for call in (_unary_chat, _stream_chat):
+                error = await _expect(call, stub, {"service_name": "broken", "messages": HI})
+                assert error.code() == grpc.StatusCode.INTERNAL
+                assert "pat_secret" not in (error.details() or "")
+                assert "boom" not in (error.details() or "")
+                assert "error id" in (error.details() or "")
+            # The server keeps serving after the failure.
+            answer = await stub.Chat(pb.ChatRequest(service_name="echo", messages=HI))
+            assert answer.content == "hi"
+    finally:
+        await server.stop(0)
+
+
+async def test_a_stream_that_fails_part_way_delivers_its_chunks_then_a_non_ok_status() -> None:
+    server = await start_server(make_settings(None), ServiceRegistry([_BrokenChatService("broken", "test")]))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(
+                pb.StreamChatRequest(service_name="broken", messages=HI)
+            )
+            received = []
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for response in call:
+                    received.append(response.delta)
+            assert received == ["partial"]
+            assert raised.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        await server.stop(0)
