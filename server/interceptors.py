@@ -7,6 +7,7 @@ keys) go here as further interceptors.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,8 +36,11 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # A streaming handler either yields (async generator) or writes with
+            # context.write and returns (coroutine, as the health service's Watch does).
+            behavior = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                _server_stream(handler.unary_stream),
+                _server_stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(behavior),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

