@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -171,7 +171,7 @@ class ChatService(AIService):
     service_type: ClassVar[str] = "chat"
 
     @abstractmethod
-    def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+    def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         """Yield the answer as it is generated, ending with exactly one ChatFinished.
 
         Raises GatewayError subclasses; must close the upstream call when the
@@ -193,7 +193,7 @@ class ChatService(AIService):
                 else:
                     finished = event
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         return ChatResult(
             content="".join(content),
             reasoning="".join(reasoning),
@@ -214,7 +214,7 @@ class WorkflowService(AIService):
         """Run the workflow to its end (or its first interrupt) and return its output."""
 
     @abstractmethod
-    def stream_workflow(self, request: WorkflowInput) -> AsyncIterator[WorkflowNodeEvent]:
+    def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
         """Yield the workflow's events as they happen; raise when it fails."""
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 # cozepy imports authlib.jose, which warns at every start; the gateway uses no JWT auth.
@@ -144,7 +144,7 @@ class CozeChatService(_CozeClientUser, ChatService):
         _CozeClientUser.__init__(self, clients)
         self._default_bot_id = default_bot_id
 
-    async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         clients = self._require_clients()
         messages = _coze_messages(request.messages)
         reject_unknown_parameters(request.parameters, _CHAT_PARAMETERS)
@@ -242,7 +242,7 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
             usage=_usage(result.usage),
         )
 
-    async def stream_workflow(self, request: WorkflowInput) -> AsyncIterator[WorkflowNodeEvent]:
+    async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
         clients = self._require_clients()
         body: dict[str, Any] = {"workflow_id": self._workflow_id(request), "parameters": dict(request.parameters)}
         if request.bot_id:

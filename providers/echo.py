@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import ClassVar
 
 from providers.base import (
@@ -51,7 +51,7 @@ class EchoChatService(ChatService):
             "Parameters: delay_ms (integer, pause before each word, default 0).",
         )
 
-    async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         reject_unknown_parameters(request.parameters, _ECHO_PARAMETERS)
         delay_ms = int_parameter(request.parameters, "delay_ms", 0, minimum=0, maximum=60_000)
         last = request.messages[-1]
@@ -78,15 +78,16 @@ class EchoWorkflowService(WorkflowService):
     def __init__(self, name: str = "echo_workflow") -> None:
         super().__init__(
             name,
-            "Demo: a workflow that streams each input parameter back as a node event, "
+            "Demo: a workflow that streams each input parameter back as a node event (in key order), "
             'then an End node whose content is {"output": <all parameters>}.',
         )
 
     async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
         return WorkflowResult(output=_end_output(request), execute_id="echo")
 
-    async def stream_workflow(self, request: WorkflowInput) -> AsyncIterator[WorkflowNodeEvent]:
-        for key, value in request.parameters.items():
+    async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
+        # A Struct is a map: its key order is not kept on the wire, so use a stable one.
+        for key, value in sorted(request.parameters.items()):
             yield WorkflowNodeEvent(
                 content=json.dumps(value, ensure_ascii=False),
                 node_title=key,
@@ -97,4 +98,4 @@ class EchoWorkflowService(WorkflowService):
 
 
 def _end_output(request: WorkflowInput) -> str:
-    return json.dumps({"output": dict(request.parameters)}, ensure_ascii=False)
+    return json.dumps({"output": dict(request.parameters)}, ensure_ascii=False, sort_keys=True)

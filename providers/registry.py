@@ -35,30 +35,40 @@ class ServiceRegistry:
 
     def chat_service(self, name: str) -> ChatService:
         """The ready chat service called ``name``."""
-        return self._ready(name, ChatService)
+        service = self._find(name)
+        if not isinstance(service, ChatService):
+            raise _wrong_type(service)
+        return _ready(service)
 
     def workflow_service(self, name: str) -> WorkflowService:
         """The ready workflow service called ``name``."""
-        return self._ready(name, WorkflowService)
+        service = self._find(name)
+        if not isinstance(service, WorkflowService):
+            raise _wrong_type(service)
+        return _ready(service)
 
     async def aclose(self) -> None:
         """Close every service (their HTTP clients); called once at shutdown."""
         for service in self._services.values():
             await service.aclose()
 
-    def _ready(self, name: str, kind: type[_ServiceT]) -> _ServiceT:
+    def _find(self, name: str) -> AIService:
         if not name:
             raise InvalidRequest("service_name", "is required (see ListServices for the names)")
         service = self._services.get(name)
         if service is None:
             known = ", ".join(sorted(self._services)) or "none"
             raise ServiceNotFound(f"service_name: no service named {name!r} (configured: {known})")
-        if not isinstance(service, kind):
-            raise InvalidRequest(
-                "service_name",
-                f"{name!r} is a {service.service_type} service; use the {service.service_type} RPCs for it",
-            )
-        reason = service.not_ready_reason()
-        if reason:
-            raise ServiceNotReady(f"service {name!r} is not ready: {reason}")
         return service
+
+
+def _wrong_type(service: AIService) -> InvalidRequest:
+    kind = service.service_type
+    return InvalidRequest("service_name", f"{service.name!r} is a {kind} service; use the {kind} RPCs for it")
+
+
+def _ready(service: _ServiceT) -> _ServiceT:
+    reason = service.not_ready_reason()
+    if reason:
+        raise ServiceNotReady(f"service {service.name!r} is not ready: {reason}")
+    return service

@@ -101,8 +101,13 @@ def usage_message(usage: Usage | None) -> pb.Usage | None:
     return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
 
 
-def _finish_reason(reason: FinishReason) -> pb.FinishReason.ValueType:
-    return pb.FinishReason.ValueType(reason.value)
+_FINISH_REASONS = {
+    FinishReason.UNSPECIFIED: pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
 
 
 def chat_response(result: ChatResult) -> pb.ChatResponse:
@@ -112,7 +117,7 @@ def chat_response(result: ChatResult) -> pb.ChatResponse:
         reasoning=result.reasoning,
         conversation_id=result.conversation_id,
         usage=usage_message(result.usage),
-        finish_reason=_finish_reason(result.finish_reason),
+        finish_reason=_FINISH_REASONS[result.finish_reason],
         chat_id=result.chat_id,
     )
 
@@ -127,7 +132,7 @@ def stream_chat_response(event: TextDelta | ReasoningDelta | ChatFinished) -> pb
     return pb.StreamChatResponse(
         usage=usage_message(event.usage),
         conversation_id=event.conversation_id,
-        finish_reason=_finish_reason(event.finish_reason),
+        finish_reason=_FINISH_REASONS[event.finish_reason],
         chat_id=event.chat_id,
     )
 

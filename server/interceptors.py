@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 
 from server.errors import abort_with
 
-_Handler = grpc.RpcMethodHandler
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
@@ -23,9 +23,9 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
+    ) -> _Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -40,7 +40,7 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
             # context.write and returns (coroutine, as the health service's Watch does).
             behavior = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                _server_stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(behavior),
+                _server_stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(cast(Any, behavior)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -80,8 +80,8 @@ class Settings(BaseModel):
     def from_environment(cls, env_file: Path | None = Path(".env")) -> Settings:
         """Read the environment, then ``env_file`` for variables the environment lacks."""
         return cls(
-            gateway=GatewaySettings(_env_file=env_file),  # type: ignore[call-arg]
-            coze=CozeSettings(_env_file=env_file),  # type: ignore[call-arg]
+            gateway=GatewaySettings(_env_file=env_file),
+            coze=CozeSettings(_env_file=env_file),
         )
 
     @property
