@@ -18,8 +18,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "Installing into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install --upgrade pip -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install.log; echo "pip install failed; the whole log is $(VENV)/install.log"; exit 1; }
 	touch $(STAMP)
 
 proto: $(STAMP) ## Regenerate the Python stubs in generated/ from protos/

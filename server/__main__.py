@@ -18,11 +18,22 @@ def main() -> None:
         settings = Settings.from_environment()
     except pydantic.ValidationError as error:
         sys.exit(f"aiplatform: {describe_settings_error(error)}")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except AddressInUse as error:
         sys.exit(f"aiplatform: {error}")
+
+
+def configure_logging(level: int) -> None:
+    """One log format for the gateway and its libraries; no message contents ever."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # cozepy prints through a handler of its own, and at DEBUG it logs every event
+    # line (message contents); send it through ours and never below WARNING.
+    cozepy_logger = logging.getLogger("cozepy")
+    cozepy_logger.handlers.clear()
+    cozepy_logger.propagate = True
+    cozepy_logger.setLevel(max(level, logging.WARNING))
 
 
 if __name__ == "__main__":

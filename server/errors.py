@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -115,7 +116,10 @@ def _build(
     return ErrorStatus(code, message, tuple(converted.trailing_metadata))
 
 
-async def abort_with(context: grpc.aio.ServicerContext[object, object], error: Exception) -> None:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
     """End the call with the status for ``error`` (raises, as ``context.abort`` does)."""
     status = status_for(error)
+    # Upstream trouble is the operator's business; a caller's bad input is only worth INFO.
+    level = logging.WARNING if isinstance(error, UpstreamError) else logging.INFO
+    _LOGGER.log(level, "%s failed: %s %s", method, status.code.name, status.message)
     await context.abort(status.code, status.message, status.trailing_metadata)

@@ -29,9 +29,10 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        method = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary),
+                _unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -40,26 +41,32 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
             # context.write and returns (coroutine, as the health service's Watch does).
             behavior = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                _server_stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(cast(Any, behavior)),
+                (
+                    _server_stream(method, behavior)
+                    if inspect.isasyncgenfunction(behavior)
+                    else _unary(method, cast(Any, behavior))
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming handlers (reflection) map their own errors
 
 
-def _unary(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unary(method: str, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort_with(context, error)
+            await abort_with(context, method, error)
 
     return unary
 
 
-def _server_stream(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+def _server_stream(
+    method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         responses = behavior(request, context)
         try:
@@ -68,7 +75,7 @@ def _server_stream(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callab
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort_with(context, error)
+            await abort_with(context, method, error)
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
 
