@@ -1,0 +1,25 @@
+"""Python clients for the AI Platform gateway: ``AIPlatformClient`` (blocking) and ``AsyncAIPlatformClient`` (asyncio).
+
+    from clients import AIPlatformClient
+
+    with AIPlatformClient("localhost:50051") as client:
+        answer = client.stream_chat("echo", [{"role": "user", "content": "你好"}], callback=print_chunk)
+
+Every failed call raises ``AIPlatformError`` with the gRPC status code, message and the gateway's error details.
+"""
+
+from __future__ import annotations
+
+from clients._async import AsyncAIPlatformClient
+from clients._common import AIPlatformError, ChatCallback, MessageLike, Metadata, WorkflowCallback
+from clients._sync import AIPlatformClient
+
+__all__ = [
+    "AIPlatformClient",
+    "AIPlatformError",
+    "AsyncAIPlatformClient",
+    "ChatCallback",
+    "MessageLike",
+    "Metadata",
+    "WorkflowCallback",
+]

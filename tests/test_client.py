@@ -1,0 +1,409 @@
+"""The Python clients against a real gateway: every method, cancellation, deadlines and errors, sync and async.
+
+The gateway runs on the test's event loop, so the blocking client is always called from a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from clients import AIPlatformClient, AIPlatformError, AsyncAIPlatformClient
+from providers.base import ChatEvent, ChatInput, ChatService, TextDelta
+from providers.echo import EchoChatService
+from providers.registry import ServiceRegistry
+from server.app import start_server
+from server.servicer import AIPlatformServicer
+from tests.conftest import make_settings
+
+FLAVORS = ["sync", "async"]
+HI = [{"role": "user", "content": "hi"}]
+HELLO = [{"role": "user", "content": "你好 big world"}]
+
+
+class _InThread:
+    """The blocking client behind awaitable methods: each call runs in a worker thread, off the gateway's loop."""
+
+    def __init__(self, client: AIPlatformClient) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+@contextlib.asynccontextmanager
+async def _open_client(flavor: str, target: str, **settings: Any) -> AsyncIterator[Any]:
+    """An AsyncAIPlatformClient, or an AIPlatformClient wrapped in _InThread."""
+    if flavor == "async":
+        async with AsyncAIPlatformClient(target, **settings) as client:
+            yield client
+        return
+    sync_client = AIPlatformClient(target, **settings)
+    try:
+        yield _InThread(sync_client)
+    finally:
+        await asyncio.to_thread(sync_client.close)
+
+
+@pytest.fixture(params=FLAVORS)
+async def client(request: pytest.FixtureRequest, target: str) -> AsyncIterator[Any]:
+    """Each test that takes ``client`` runs once with the blocking client and once with the async one."""
+    async with _open_client(request.param, target) as opened:
+        yield opened
+
+
+async def _drain(client: Any, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """Everything ``client.<method>(...)`` yields (``iter_chat`` or ``iter_workflow``)."""
+    if isinstance(client, _InThread):
+        return await asyncio.to_thread(lambda: list(getattr(client.client, method)(*args, **kwargs)))
+    return [item async for item in getattr(client, method)(*args, **kwargs)]
+
+
+async def _first(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """The first item ``client.<method>(...)`` yields, leaving the loop early as callers do."""
+
+    def first_sync() -> Any:
+        for item in getattr(client.client, method)(*args, **kwargs):
+            return item
+        raise AssertionError("the stream was empty")
+
+    if isinstance(client, _InThread):
+        return await asyncio.to_thread(first_sync)
+    async for item in getattr(client, method)(*args, **kwargs):
+        return item
+    raise AssertionError("the stream was empty")
+
+
+# --- list_services ----------------------------------------------------------------------------
+
+
+async def test_list_services_returns_every_service(client: Any) -> None:
+    services = await client.list_services()
+    assert [service.name for service in services] == ["coze", "coze_workflow", "echo", "echo_workflow"]
+    assert all(isinstance(service, pb.ServiceInfo) for service in services)
+
+
+@pytest.mark.parametrize(
+    ("service_type", "expected"), [("chat", ["coze", "echo"]), ("workflow", ["coze_workflow", "echo_workflow"])]
+)
+async def test_list_services_filters_by_type(client: Any, service_type: str, expected: list[str]) -> None:
+    services = await client.list_services(service_type)
+    assert [service.name for service in services] == expected
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+
+async def test_chat_takes_dicts_tuples_and_chat_messages(client: Any) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        ("user", "first"),
+        pb.ChatMessage(role="assistant", content="ok"),
+        {"role": "user", "content": "the last one"},
+    ]
+    # delay_ms travels as the double 1.0 in the Struct; echo only takes it back as an integer.
+    response = await client.chat("echo", messages, {"delay_ms": 1}, conversation_id="c-1", user_id="u-1")
+
+    assert isinstance(response, pb.ChatResponse)
+    assert response.content == "the last one"
+    assert response.conversation_id == "c-1"
+    assert response.finish_reason == pb.FINISH_REASON_STOP
+
+
+async def test_stream_chat_calls_back_with_every_chunk_and_returns_the_text(client: Any) -> None:
+    seen: list[tuple[pb.StreamChatResponse, str, str]] = []
+
+    text = await client.stream_chat("echo", HELLO, callback=lambda data, chunk, full: seen.append((data, chunk, full)))
+
+    assert text == "你好 big world"
+    assert [chunk for _, chunk, _ in seen] == ["你好", " big", " world", ""]
+    assert [full for _, _, full in seen] == ["你好", "你好 big", "你好 big world", "你好 big world"]
+    assert all(isinstance(data, pb.StreamChatResponse) and data.delta == chunk for data, chunk, _ in seen)
+    assert seen[-1][0].finish_reason == pb.FINISH_REASON_STOP
+
+
+async def test_stream_chat_without_a_callback_returns_the_text(client: Any) -> None:
+    assert await client.stream_chat("echo", HELLO) == "你好 big world"
+
+
+async def test_async_stream_chat_awaits_a_coroutine_callback(target: str) -> None:
+    seen: list[str] = []
+
+    async def on_chunk(data: pb.StreamChatResponse, chunk: str, full_text: str) -> None:
+        await asyncio.sleep(0)
+        seen.append(full_text)
+
+    async with AsyncAIPlatformClient(target) as client:
+        text = await client.stream_chat("echo", HELLO, callback=on_chunk)
+
+    assert text == "你好 big world"
+    assert seen == ["你好", "你好 big", "你好 big world", "你好 big world"]
+
+
+async def test_iter_chat_yields_every_chunk(client: Any) -> None:
+    chunks = await _drain(client, "iter_chat", "echo", HELLO, conversation_id="c-2")
+
+    assert [chunk.delta for chunk in chunks] == ["你好", " big", " world", ""]
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert chunks[-1].conversation_id == "c-2"
+
+
+# --- workflow ---------------------------------------------------------------------------------
+
+
+async def test_workflow_returns_the_output_with_integral_numbers_as_integers(client: Any) -> None:
+    parameters = {"n": 3, "ratio": 0.5, "ok": True, "city": "北京", "nested": {"ids": ["1", 2]}}
+
+    response = await client.workflow("echo_workflow", parameters)
+
+    assert isinstance(response, pb.RunWorkflowResponse)
+    output = json.loads(response.output)["output"]
+    assert output == parameters
+    assert type(output["n"]) is int
+    assert type(output["nested"]["ids"][1]) is int
+
+
+async def test_stream_workflow_calls_back_with_every_event_and_returns_the_contents(client: Any) -> None:
+    seen: list[tuple[pb.StreamWorkflowResponse, str, str]] = []
+
+    text = await client.stream_workflow(
+        "echo_workflow", {"n": 3, "city": "北京"}, callback=lambda data, chunk, full: seen.append((data, chunk, full))
+    )
+
+    events = [data for data, _, _ in seen]
+    assert [(event.node_title, event.content) for event in events[:-1]] == [("city", '"北京"'), ("n", "3")]
+    assert events[-1].node_title == "End"
+    assert json.loads(events[-1].content) == {"output": {"n": 3, "city": "北京"}}
+    assert all(chunk == data.content for data, chunk, _ in seen)
+    assert [full for _, _, full in seen] == list(itertools.accumulate(chunk for _, chunk, _ in seen))
+    assert text == "".join(event.content for event in events)
+
+
+async def test_iter_workflow_yields_every_event(client: Any) -> None:
+    events = await _drain(client, "iter_workflow", "echo_workflow", {"city": "北京"})
+
+    assert all(isinstance(event, pb.StreamWorkflowResponse) for event in events)
+    assert [(event.node_title, event.content) for event in events] == [
+        ("city", '"北京"'),
+        ("End", '{"output": {"city": "北京"}}'),
+    ]
+
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+class _EndlessChatService(ChatService):
+    """Streams a word every 20 ms until the caller goes away; ``closed`` is set when its stream ends."""
+
+    provider = "endless"
+
+    def __init__(self) -> None:
+        super().__init__("endless", "test")
+        self.closed = asyncio.Event()
+
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
+        try:
+            while True:
+                yield TextDelta("word ")
+                await asyncio.sleep(0.02)
+        finally:
+            self.closed.set()
+
+
+@pytest.fixture
+async def endless() -> AsyncIterator[tuple[_EndlessChatService, str]]:
+    """A gateway serving an endless chat service and echo; yields the service and the gateway's target."""
+    service = _EndlessChatService()
+    server = await start_server(make_settings(None), ServiceRegistry([service, EchoChatService()]))
+    try:
+        yield service, f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_leaving_iter_chat_early_cancels_the_call_on_the_gateway(
+    endless: tuple[_EndlessChatService, str], flavor: str
+) -> None:
+    service, target = endless
+    async with _open_client(flavor, target) as client:
+        first = await _first(client, "iter_chat", "endless", HI)
+        assert first.delta == "word "
+        # Generous bound: the stream never ends by itself, so only the cancel can close it.
+        await asyncio.wait_for(service.closed.wait(), timeout=5)
+        assert (await client.chat("echo", HI)).content == "hi"
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_leaving_a_slow_echo_early_lets_the_next_call_through(target: str, flavor: str) -> None:
+    async with _open_client(flavor, target) as client:
+        slow = {"delay_ms": 200}
+        first = await _first(client, "iter_chat", "echo", [{"role": "user", "content": "word " * 50}], slow)
+        assert first.delta == "word"
+        assert await client.stream_chat("echo", HELLO) == "你好 big world"
+
+
+class _StopStreaming(Exception):
+    """Raised by a test callback."""
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_a_callback_that_raises_cancels_the_call(endless: tuple[_EndlessChatService, str], flavor: str) -> None:
+    service, target = endless
+
+    def stop(data: pb.StreamChatResponse, chunk: str, full_text: str) -> None:
+        raise _StopStreaming
+
+    async with _open_client(flavor, target) as client:
+        with pytest.raises(_StopStreaming):
+            await client.stream_chat("endless", HI, callback=stop)
+        await asyncio.wait_for(service.closed.wait(), timeout=5)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def _calls(service_name: str) -> list[Any]:
+    """Every RPC-making method, called for ``service_name``, as parameters of a test."""
+    return [
+        pytest.param(lambda client: client.chat(service_name, HI), id="chat"),
+        pytest.param(lambda client: client.stream_chat(service_name, HI), id="stream_chat"),
+        pytest.param(lambda client: _drain(client, "iter_chat", service_name, HI), id="iter_chat"),
+        pytest.param(lambda client: client.workflow(service_name), id="workflow"),
+        pytest.param(lambda client: client.stream_workflow(service_name), id="stream_workflow"),
+        pytest.param(lambda client: _drain(client, "iter_workflow", service_name), id="iter_workflow"),
+    ]
+
+
+@pytest.mark.parametrize("call", _calls("nope"))
+async def test_unknown_service_raises_not_found(client: Any, call: Callable[[Any], Awaitable[Any]]) -> None:
+    with pytest.raises(AIPlatformError) as raised:
+        await call(client)
+
+    error = raised.value
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in error.message
+    assert str(error) == f"NOT_FOUND: {error.message}"
+    assert (error.reason, error.domain) == ("SERVICE_NOT_FOUND", "aiplatform.v1")
+    assert isinstance(error.__cause__, grpc.RpcError)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda client, messages: client.chat("echo", messages), id="chat"),
+        pytest.param(lambda client, messages: client.stream_chat("echo", messages), id="stream_chat"),
+        pytest.param(lambda client, messages: _drain(client, "iter_chat", "echo", messages), id="iter_chat"),
+    ],
+)
+async def test_bad_role_raises_invalid_argument_naming_the_field(
+    client: Any, call: Callable[[Any, Any], Awaitable[Any]]
+) -> None:
+    with pytest.raises(AIPlatformError) as raised:
+        await call(client, [("bot", "hi")])
+
+    error = raised.value
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "INVALID_REQUEST"
+    assert error.error_info is not None and error.error_info.domain == "aiplatform.v1"
+    bad_request = next(detail for detail in error.details if isinstance(detail, error_details_pb2.BadRequest))
+    assert bad_request.field_violations[0].field == "messages[0].role"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda client, **kwargs: client.chat("echo", HI, **kwargs), id="chat"),
+        pytest.param(lambda client, **kwargs: client.stream_chat("echo", HI, **kwargs), id="stream_chat"),
+        pytest.param(lambda client, **kwargs: _drain(client, "iter_chat", "echo", HI, **kwargs), id="iter_chat"),
+    ],
+)
+async def test_per_call_timeout_raises_deadline_exceeded(client: Any, call: Callable[..., Awaitable[Any]]) -> None:
+    with pytest.raises(AIPlatformError) as raised:
+        await call(client, parameters={"delay_ms": 1000}, timeout=0.2)
+
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert raised.value.error_info is None  # the deadline is the client's own: no gateway details
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_client_timeout_applies_unless_the_call_overrides_it(target: str, flavor: str) -> None:
+    async with _open_client(flavor, target, timeout=0.2) as client:
+        with pytest.raises(AIPlatformError) as raised:
+            await client.chat("echo", HI, {"delay_ms": 1000})
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        answer = await client.chat("echo", HI, {"delay_ms": 500}, timeout=None)
+        assert answer.content == "hi"
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+class _MetadataRecordingServicer(AIPlatformServicer):
+    """The real servicer, remembering the metadata of each ListServices call."""
+
+    def __init__(self, registry: ServiceRegistry) -> None:
+        super().__init__(registry)
+        self.seen: list[dict[str, str]] = []
+
+    async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
+        self.seen.append({key: value for key, value in context.invocation_metadata() if key.startswith("x-")})
+        return await super().ListServices(request, context)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_call_metadata_is_sent_over_the_clients_replacing_repeated_keys(flavor: str) -> None:
+    servicer = _MetadataRecordingServicer(ServiceRegistry([EchoChatService()]))
+    server = grpc.aio.server()
+    pb_grpc.add_AIPlatformServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        client_metadata = [("x-team", "search"), ("x-trace", "client")]
+        async with _open_client(flavor, f"127.0.0.1:{port}", metadata=client_metadata) as client:
+            await client.list_services()
+            await client.list_services(metadata=[("x-trace", "call")])
+    finally:
+        await server.stop(0)
+
+    assert servicer.seen == [{"x-team": "search", "x-trace": "client"}, {"x-team": "search", "x-trace": "call"}]
+
+
+# --- arguments refused before any call ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "error_type"),
+    [
+        ("hi", TypeError),
+        ({"role": "user", "content": "hi"}, TypeError),
+        ([42], TypeError),
+        ([("user",)], TypeError),
+        ([{"role": "user"}], ValueError),
+    ],
+)
+def test_malformed_messages_are_refused_before_any_call(messages: Any, error_type: type[Exception]) -> None:
+    # Nothing listens on port 1: the request is refused before the client tries to connect.
+    with AIPlatformClient("127.0.0.1:1") as client, pytest.raises(error_type):
+        client.chat("echo", messages)
+
+
+def test_integers_a_struct_cannot_hold_exactly_are_refused() -> None:
+    with AIPlatformClient("127.0.0.1:1") as client, pytest.raises(ValueError, match=r"parameters\.ids\[0\]"):
+        client.workflow("coze_workflow", {"ids": [7379462189365198898]})
