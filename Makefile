@@ -15,11 +15,11 @@ test: $(STAMP) lint-proto check-proto lint typecheck pytest ## Everything CI che
 install: $(STAMP)
 
 # Re-install when the project's dependencies change.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/plugin_package/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install --upgrade pip -e '.[dev]' > $(VENV)/install.log 2>&1 \
+	@$(PY) -m pip install --upgrade pip -e '.[dev]' ./tests/plugin_package > $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; echo "pip install failed; the whole log is $(VENV)/install.log"; exit 1; }
 	touch $(STAMP)
 

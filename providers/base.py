@@ -46,6 +46,16 @@ class WorkflowInput:
     app_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowResume:
+    """The caller's answer to a workflow interrupt, as the servicer hands it to a workflow service."""
+
+    event_id: str
+    resume_data: str
+    interrupt_type: int = 0
+    workflow_id: str = ""
+
+
 # --- what services yield ----------------------------------------------------------------------
 
 
@@ -83,13 +93,29 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool the model wants called before it can answer; ``arguments`` is JSON text."""
+
+    id: str
+    type: str = "function"
+    function_name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatFinished:
-    """The upstream finished the turn normally; always the last event of a chat stream."""
+    """The upstream finished the turn normally; always the last event of a chat stream.
+
+    ``tool_calls`` is set when ``finish_reason`` is TOOL_CALLS; ``follow_ups`` are
+    questions the bot suggests asking next, never part of the answer.
+    """
 
     finish_reason: FinishReason = FinishReason.STOP
     usage: Usage | None = None
     conversation_id: str = ""
     chat_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    follow_ups: tuple[str, ...] = ()
 
 
 ChatEvent = TextDelta | ReasoningDelta | ChatFinished
@@ -105,6 +131,8 @@ class ChatResult:
     usage: Usage | None = None
     conversation_id: str = ""
     chat_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    follow_ups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +229,8 @@ class ChatService(AIService):
             usage=finished.usage,
             conversation_id=finished.conversation_id,
             chat_id=finished.chat_id,
+            tool_calls=finished.tool_calls,
+            follow_ups=finished.follow_ups,
         )
 
 
@@ -216,6 +246,16 @@ class WorkflowService(AIService):
     @abstractmethod
     def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
         """Yield the workflow's events as they happen; raise when it fails."""
+
+    async def resume_workflow(self, request: WorkflowResume) -> AsyncGenerator[WorkflowNodeEvent, None]:
+        """Answer an interrupt and yield the rest of the workflow's events, as stream_workflow does.
+
+        By default the service cannot resume: the caller chose a service without
+        interrupts, so the request is invalid (INVALID_ARGUMENT on ``service_name``,
+        as for a chat RPC on a workflow service) rather than an upstream refusal.
+        """
+        raise InvalidRequest("service_name", f"{self.name!r} cannot resume workflows (it never interrupts)")
+        yield  # an async generator like the implementations, so the error surfaces on first iteration
 
 
 # --- helpers shared by providers --------------------------------------------------------------
@@ -237,7 +277,8 @@ def string_parameter(parameters: Mapping[str, Any], key: str, default: str = "")
     if not isinstance(value, str):
         raise InvalidRequest(
             f"parameters.{key}",
-            f"must be a string, got {_json_type(value)} (ids travel as strings: 19-digit ids lose digits as numbers)",
+            f"must be a string, got {json_type_name(value)} "
+            "(ids travel as strings: 19-digit ids lose digits as numbers)",
         )
     return value
 
@@ -248,7 +289,7 @@ def int_parameter(parameters: Mapping[str, Any], key: str, default: int, *, mini
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"parameters.{key}", f"must be an integer, got {_json_type(value)}")
+        raise InvalidRequest(f"parameters.{key}", f"must be an integer, got {json_type_name(value)}")
     if not minimum <= value <= maximum:
         raise InvalidRequest(f"parameters.{key}", f"must be between {minimum} and {maximum}, got {value}")
     return value
@@ -260,14 +301,15 @@ def string_map_parameter(parameters: Mapping[str, Any], key: str) -> dict[str, s
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"parameters.{key}", f"must be an object of strings, got {_json_type(value)}")
+        raise InvalidRequest(f"parameters.{key}", f"must be an object of strings, got {json_type_name(value)}")
     for item_key, item in value.items():
         if not isinstance(item, str):
-            raise InvalidRequest(f"parameters.{key}.{item_key}", f"must be a string, got {_json_type(item)}")
+            raise InvalidRequest(f"parameters.{key}.{item_key}", f"must be a string, got {json_type_name(item)}")
     return dict(value)
 
 
-def _json_type(value: object) -> str:
+def json_type_name(value: object) -> str:
+    """How a parameter's JSON type reads in an error message: "a number", "a list", ..."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, ClassVar
 
 # cozepy imports authlib.jose, which warns at every start; the gateway uses no JWT auth.
@@ -30,11 +31,13 @@ from providers.base import (
     Message,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     Usage,
     WorkflowInput,
     WorkflowInterrupt,
     WorkflowNodeEvent,
     WorkflowResult,
+    WorkflowResume,
     WorkflowService,
     reject_unknown_parameters,
     string_map_parameter,
@@ -58,6 +61,8 @@ from providers.sse import ServerSentEvent, iter_sse
 warnings.filterwarnings("ignore", message=r"authlib\.jose module is deprecated")
 import cozepy  # noqa: E402
 
+_LOGGER = logging.getLogger(__name__)
+
 PROVIDER = "coze"
 LOG_ID_HEADER = "x-tt-logid"
 
@@ -70,6 +75,10 @@ _CHAT_PARAMETERS = frozenset({"bot_id", "custom_variables", "meta_data"})
 # How long to keep reading after chat.completed for the body to end, so the
 # connection goes back to the pool; past it the connection is dropped instead.
 _DRAIN_SECONDS = 1.0
+
+# How long the background /v3/chat/cancel of a chat the caller abandoned may take;
+# shutdown waits at most this long for cancels still in flight.
+_CANCEL_SECONDS = 3.0
 
 # Coze business codes (and the HTTP statuses cozepy reports in their place when
 # a body is not JSON) by the failure they mean. Codes from Coze's error-code page.
@@ -98,9 +107,20 @@ class CozeClients:
             **tracked_client_options(connect_timeout=connect_timeout, read_timeout=read_timeout)
         )
         self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
+        # Strong references to fire-and-forget calls (the event loop keeps only weak
+        # ones); kept here, next to the client they use, so aclose can let them finish.
+        self._background: set[asyncio.Task[None]] = set()
+
+    def run_in_background(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run ``call`` without anyone awaiting it; aclose waits for it before closing the client."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
+        """Let background calls finish (each is bounded by its own timeout), then close the pooled connections."""
+        if self._background:
+            await asyncio.wait(set(self._background))
         await self.http.aclose()
 
 
@@ -109,11 +129,12 @@ class _CozeClientUser:
 
     name: str
 
-    def __init__(self, clients: CozeClients | None) -> None:
+    def __init__(self, clients: CozeClients | None, missing_key_reason: str) -> None:
         self._clients = clients
+        self._missing_key_reason = missing_key_reason
 
     def not_ready_reason(self) -> str:
-        return "" if self._clients else "COZE_API_TOKEN is not set"
+        return "" if self._clients else self._missing_key_reason
 
     async def aclose(self) -> None:
         # Both services may share one CozeClients; closing an httpx client twice is harmless.
@@ -122,7 +143,7 @@ class _CozeClientUser:
 
     def _require_clients(self) -> CozeClients:
         if self._clients is None:
-            raise ServiceNotReady(f"service {self.name!r} is not ready: COZE_API_TOKEN is not set")
+            raise ServiceNotReady(f"service {self.name!r} is not ready: {self._missing_key_reason}")
         return self._clients
 
 
@@ -132,7 +153,13 @@ class CozeChatService(_CozeClientUser, ChatService):
     provider: ClassVar[str] = PROVIDER
 
     def __init__(
-        self, name: str, clients: CozeClients | None, *, default_bot_id: str = "", description: str = ""
+        self,
+        name: str,
+        clients: CozeClients | None,
+        *,
+        default_bot_id: str = "",
+        description: str = "",
+        missing_key_reason: str = "COZE_API_TOKEN is not set",
     ) -> None:
         ChatService.__init__(
             self,
@@ -141,7 +168,7 @@ class CozeChatService(_CozeClientUser, ChatService):
             or "Coze bot chat (chat v3). Parameters: bot_id (string; default COZE_DEFAULT_BOT_ID), "
             "custom_variables (object of strings), meta_data (object of strings). Roles: user, assistant.",
         )
-        _CozeClientUser.__init__(self, clients)
+        _CozeClientUser.__init__(self, clients, missing_key_reason)
         self._default_bot_id = default_bot_id
 
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
@@ -157,7 +184,7 @@ class CozeChatService(_CozeClientUser, ChatService):
         user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
 
         async with upstream_call() as call:
-            with _map_coze_errors(call):
+            with _map_coze_errors(call), _CancelIfAbandoned(clients) as chat_state:
                 events = clients.coze.chat.stream(
                     bot_id=bot_id,
                     user_id=user_id,
@@ -167,6 +194,7 @@ class CozeChatService(_CozeClientUser, ChatService):
                     meta_data=meta_data,
                 )
                 streamed_message_ids: set[str] = set()
+                follow_ups: list[str] = []
                 async for event in events:
                     kind = event.event
                     if kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_DELTA:
@@ -179,26 +207,32 @@ class CozeChatService(_CozeClientUser, ChatService):
                         if message.content:
                             yield TextDelta(message.content)
                     elif kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
-                        # An answer that arrived whole, without deltas, is still part of the answer.
                         message = event.message
-                        if (
-                            message is not None
-                            and message.type == cozepy.MessageType.ANSWER
-                            and (message.id or "") not in streamed_message_ids
-                            and message.content
+                        if message is None or not message.content:
+                            continue
+                        if message.type == cozepy.MessageType.FOLLOW_UP:
+                            follow_ups.append(message.content)
+                        elif (
+                            message.type == cozepy.MessageType.ANSWER and (message.id or "") not in streamed_message_ids
                         ):
+                            # An answer that arrived whole, without deltas, is still part of the answer.
                             yield TextDelta(message.content)
+                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_CREATED:
+                        chat_state.started(event.chat)
                     elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_COMPLETED:
-                        yield _chat_finished(event.chat, FinishReason.STOP)
+                        chat_state.ended = True
+                        yield _chat_finished(event.chat, FinishReason.STOP, follow_ups)
                         await _drain(events)
                         return
                     elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
-                        yield _chat_finished(event.chat, FinishReason.TOOL_CALLS)
+                        chat_state.ended = True
+                        yield _chat_finished(event.chat, FinishReason.TOOL_CALLS, follow_ups, _tool_calls(event.chat))
                         await _drain(events)
                         return
                     elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_FAILED:
+                        chat_state.ended = True
                         raise _chat_failed(event.chat, call)
-                    # Everything else (created, in_progress, verbose, follow-up, audio, unknown) is not answer text.
+                    # Everything else (in_progress, verbose, knowledge, audio, unknown) is not answer text.
                 raise UpstreamUnavailable(
                     "Coze stream ended before conversation.chat.completed",
                     provider=PROVIDER,
@@ -212,7 +246,13 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
     provider: ClassVar[str] = "coze_workflow"
 
     def __init__(
-        self, name: str, clients: CozeClients | None, *, default_workflow_id: str = "", description: str = ""
+        self,
+        name: str,
+        clients: CozeClients | None,
+        *,
+        default_workflow_id: str = "",
+        description: str = "",
+        missing_key_reason: str = "COZE_API_TOKEN is not set",
     ) -> None:
         WorkflowService.__init__(
             self,
@@ -221,7 +261,7 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
             or "Coze workflows. workflow_id defaults to COZE_DEFAULT_WORKFLOW_ID; parameters are the "
             "workflow's input parameters; bot_id / app_id for workflows that need them.",
         )
-        _CozeClientUser.__init__(self, clients)
+        _CozeClientUser.__init__(self, clients, missing_key_reason)
         self._default_workflow_id = default_workflow_id
 
     async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
@@ -249,39 +289,122 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
             body["bot_id"] = request.bot_id
         if request.app_id:
             body["app_id"] = request.app_id
-        async with upstream_call() as call:
-            with _map_coze_errors(call):
-                response = await clients.http.send(
-                    clients.http.build_request(
-                        "POST",
-                        f"{clients.base_url}/v1/workflow/stream_run",
-                        json=body,
-                        headers={"Authorization": f"Bearer {clients.token}"},
-                    ),
-                    stream=True,
-                )
-                await _raise_for_json_error(response)
-                async for sse in iter_sse(response):
-                    if sse.event == "Message":
-                        yield _workflow_message(sse)
-                    elif sse.event == "Interrupt":
-                        yield _workflow_interrupt(sse)
-                    elif sse.event == "Error":
-                        raise _workflow_error(sse, call)
-                    elif sse.event == "Done":
-                        return
-                    # PING heartbeats and unknown events carry no output.
-                raise UpstreamUnavailable(
-                    "Coze workflow stream ended before its Done event",
-                    provider=PROVIDER,
-                    log_id=call.header(LOG_ID_HEADER),
-                )
+        async with contextlib.aclosing(_workflow_events(clients, "/v1/workflow/stream_run", body)) as events:
+            async for event in events:
+                yield event
 
-    def _workflow_id(self, request: WorkflowInput) -> str:
+    async def resume_workflow(self, request: WorkflowResume) -> AsyncGenerator[WorkflowNodeEvent, None]:
+        clients = self._require_clients()
+        # event_id and resume_data were checked on the way in (server/convert.py).
+        # Exactly the four keys Coze documents (and cozepy sends) for stream_resume.
+        body: dict[str, Any] = {
+            "workflow_id": self._workflow_id(request),
+            "event_id": request.event_id,
+            "resume_data": request.resume_data,
+            "interrupt_type": request.interrupt_type,
+        }
+        async with contextlib.aclosing(_workflow_events(clients, "/v1/workflow/stream_resume", body)) as events:
+            async for event in events:
+                yield event
+
+    def _workflow_id(self, request: WorkflowInput | WorkflowResume) -> str:
         workflow_id = request.workflow_id or self._default_workflow_id
         if not workflow_id:
             raise InvalidRequest("workflow_id", "is required (no COZE_DEFAULT_WORKFLOW_ID is configured)")
         return workflow_id
+
+
+async def _workflow_events(
+    clients: CozeClients, path: str, body: dict[str, Any]
+) -> AsyncGenerator[WorkflowNodeEvent, None]:
+    """POST a workflow stream request (stream_run or stream_resume) and yield its events until Done."""
+    async with upstream_call() as call:
+        with _map_coze_errors(call):
+            response = await clients.http.send(
+                clients.http.build_request(
+                    "POST",
+                    f"{clients.base_url}{path}",
+                    json=body,
+                    headers={"Authorization": f"Bearer {clients.token}"},
+                ),
+                stream=True,
+            )
+            await _raise_for_json_error(response)
+            async for sse in iter_sse(response):
+                if sse.event == "Message":
+                    yield _workflow_message(sse)
+                elif sse.event == "Interrupt":
+                    yield _workflow_interrupt(sse)
+                elif sse.event == "Error":
+                    raise _workflow_error(sse, call)
+                elif sse.event == "Done":
+                    return
+                # PING heartbeats and unknown events carry no output.
+            raise UpstreamUnavailable(
+                "Coze workflow stream ended before its Done event",
+                provider=PROVIDER,
+                log_id=call.header(LOG_ID_HEADER),
+            )
+
+
+# --- chat cancel ------------------------------------------------------------------------------
+
+
+class _CancelIfAbandoned:
+    """Cancels a Coze chat upstream when the caller leaves before Coze ended it.
+
+    Leaving means a CancelledError (the caller cancelled, or its deadline passed)
+    or a GeneratorExit (the stream was closed early) through the block. Closing the
+    connection does not stop the bot: it keeps working, and billing, unless asked
+    to cancel. A chat that completed, wants tool outputs or failed has nothing to
+    cancel. The cancel runs in the background, so the caller's cancellation is
+    neither delayed nor swallowed.
+    """
+
+    __slots__ = ("_clients", "_ids", "ended")
+
+    def __init__(self, clients: CozeClients) -> None:
+        self._clients = clients
+        self._ids: tuple[str, str] | None = None  # (conversation_id, chat_id), known from chat.created
+        self.ended = False
+
+    def started(self, chat: cozepy.Chat | None) -> None:
+        """Remember the chat's ids (from conversation.chat.created)."""
+        if chat is not None:
+            self._ids = (chat.conversation_id, chat.id)
+
+    def __enter__(self) -> _CancelIfAbandoned:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        if kind is None or not issubclass(kind, asyncio.CancelledError | GeneratorExit):
+            return
+        if self._ids is None or self.ended:
+            return
+        conversation_id, chat_id = self._ids
+        try:
+            self._clients.run_in_background(_cancel_chat(self._clients, conversation_id, chat_id))
+        except RuntimeError:
+            # No running loop (a generator finalised at interpreter exit): nothing can be sent.
+            _LOGGER.warning("could not cancel Coze chat %s: no event loop is running", chat_id)
+
+
+async def _cancel_chat(clients: CozeClients, conversation_id: str, chat_id: str) -> None:
+    """Ask Coze to stop a chat the caller abandoned; log, never raise, when that fails."""
+    try:
+        async with upstream_call(), asyncio.timeout(_CANCEL_SECONDS):
+            await clients.coze.chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
+    except Exception as error:  # nobody awaits this task: the log is the only place to report it
+        _LOGGER.warning("could not cancel Coze chat %s after the caller left: %s", chat_id, _describe(error))
+    else:
+        _LOGGER.debug("cancelled Coze chat %s after the caller left", chat_id)
+
+
+def _describe(error: Exception) -> str:
+    # The class, and Coze's code and log id when there are any: never a body or message text.
+    if isinstance(error, cozepy.CozeAPIError):
+        return f"{type(error).__name__} code={error.code} logid={error.logid}"
+    return type(error).__name__
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -318,11 +441,36 @@ def _usage(usage: cozepy.ChatUsage | None) -> Usage | None:
     )
 
 
-def _chat_finished(chat: cozepy.Chat | None, reason: FinishReason) -> ChatFinished:
+def _chat_finished(
+    chat: cozepy.Chat | None, reason: FinishReason, follow_ups: list[str], tool_calls: tuple[ToolCall, ...] = ()
+) -> ChatFinished:
     if chat is None:
-        return ChatFinished(finish_reason=reason)
+        return ChatFinished(finish_reason=reason, tool_calls=tool_calls, follow_ups=tuple(follow_ups))
     return ChatFinished(
-        finish_reason=reason, usage=_usage(chat.usage), conversation_id=chat.conversation_id, chat_id=chat.id
+        finish_reason=reason,
+        usage=_usage(chat.usage),
+        conversation_id=chat.conversation_id,
+        chat_id=chat.id,
+        tool_calls=tool_calls,
+        follow_ups=tuple(follow_ups),
+    )
+
+
+def _tool_calls(chat: cozepy.Chat | None) -> tuple[ToolCall, ...]:
+    """The tool calls of a requires_action chat (Coze's submit_tool_outputs action)."""
+    action = chat.required_action if chat is not None else None
+    submit = action.submit_tool_outputs if action is not None else None
+    if submit is None:
+        return ()
+    return tuple(
+        ToolCall(
+            id=call.id,
+            # A str enum; .value is the wire string, also for values cozepy does not know.
+            type=str(call.type.value),
+            function_name=call.function.name if call.function is not None else "",
+            arguments=call.function.arguments if call.function is not None else "",
+        )
+        for call in submit.tool_calls
     )
 
 

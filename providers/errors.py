@@ -7,6 +7,7 @@ place that turns each into a gRPC status. The tree::
     ├── InvalidRequest ............ the caller's request is wrong (names the field)
     ├── ServiceNotFound ........... no service of that name
     ├── ServiceNotReady ........... the service lacks configuration (e.g. a token)
+    ├── Overloaded ................ the service is at its concurrency limit
     └── UpstreamError ............. the upstream failed; carries provider, code, log id
         ├── UpstreamAuthError ..... the upstream rejected the gateway's own credentials
         ├── UpstreamInvalidRequest  the upstream found the request invalid
@@ -56,10 +57,18 @@ class ServiceNotReady(GatewayError):
     reason = "SERVICE_NOT_READY"
 
 
+class Overloaded(GatewayError):
+    """The service is at its limit of concurrent calls; the call was refused at once."""
+
+    reason = "OVERLOADED"
+
+
 class UpstreamError(GatewayError):
     """The upstream AI service failed; carries what it told us about the failure."""
 
     reason = "UPSTREAM_ERROR"
+    #: Whether the same request may succeed if sent again shortly (before any output was relayed).
+    transient = False
 
     def __init__(
         self,
@@ -69,11 +78,14 @@ class UpstreamError(GatewayError):
         upstream_code: str = "",
         log_id: str = "",
         retry_after_seconds: float | None = None,
+        transient: bool | None = None,
     ) -> None:
         self.provider = provider
         self.upstream_code = upstream_code
         self.log_id = log_id
         self.retry_after_seconds = retry_after_seconds
+        if transient is not None:
+            self.transient = transient
         super().__init__(_with_upstream_facts(message, provider, upstream_code, log_id))
 
 
@@ -99,6 +111,7 @@ class UpstreamRateLimited(UpstreamError):
     """The upstream refused the call because of a rate limit or quota."""
 
     reason = "UPSTREAM_RATE_LIMITED"
+    transient = True
 
 
 class UpstreamRejected(UpstreamError):
@@ -111,6 +124,7 @@ class UpstreamUnavailable(UpstreamError):
     """The upstream was unreachable, answered 5xx, or broke the stream part-way."""
 
     reason = "UPSTREAM_UNAVAILABLE"
+    transient = True
 
 
 class UpstreamTimeout(UpstreamError):

@@ -1,4 +1,4 @@
-"""The service registry: finds a configured service by name for the servicer."""
+"""The service registry: finds a configured service, and the guard of its calls, by name."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from providers.base import AIService, ChatService, WorkflowService
 from providers.errors import InvalidRequest, ServiceNotFound, ServiceNotReady
+from providers.guard import CallGuard, CallPolicy
 
 _ServiceT = TypeVar("_ServiceT", bound=AIService)
 
@@ -16,14 +17,20 @@ class ServiceRegistry:
 
     def __init__(self, services: Iterable[AIService] = ()) -> None:
         self._services: dict[str, AIService] = {}
+        self._guards: dict[str, CallGuard] = {}
         for service in services:
             self.register(service)
 
-    def register(self, service: AIService) -> None:
-        """Add a service; names are unique."""
+    def register(self, service: AIService, policy: CallPolicy | None = None) -> None:
+        """Add a service and how its calls are guarded; names are unique."""
         if service.name in self._services:
             raise ValueError(f"a service named {service.name!r} is already registered")
         self._services[service.name] = service
+        self._guards[service.name] = CallGuard(service.name, policy or CallPolicy())
+
+    def guard(self, service: AIService) -> CallGuard:
+        """The guard of ``service``'s calls."""
+        return self._guards[service.name]
 
     def list(self, service_type: str = "") -> list[AIService]:
         """The services of ``service_type`` ("" for all), sorted by name."""

@@ -8,7 +8,7 @@ cozepy's line counter it never desynchronises on a heartbeat or a missing ``id:`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import httpx
@@ -23,7 +23,7 @@ class ServerSentEvent:
     id: str = ""
 
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
     """Yield the events of ``response`` as they arrive.
 
     An event still pending at the end of the body is dispatched too: Coze's own

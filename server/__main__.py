@@ -9,7 +9,7 @@ import sys
 import pydantic
 
 from server.app import AddressInUse, serve
-from server.settings import Settings, describe_settings_error
+from server.settings import ConfigError, Settings, describe_settings_error
 
 
 def main() -> None:
@@ -18,10 +18,12 @@ def main() -> None:
         settings = Settings.from_environment()
     except pydantic.ValidationError as error:
         sys.exit(f"aiplatform: {describe_settings_error(error)}")
+    except ConfigError as error:
+        sys.exit(f"aiplatform: {error}")
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except AddressInUse as error:
+    except (AddressInUse, ConfigError) as error:
         sys.exit(f"aiplatform: {error}")
 
 

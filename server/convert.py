@@ -20,10 +20,12 @@ from providers.base import (
     Message,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     Usage,
     WorkflowInput,
     WorkflowNodeEvent,
     WorkflowResult,
+    WorkflowResume,
 )
 from providers.errors import InvalidRequest
 
@@ -61,6 +63,20 @@ def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest) ->
         parameters=struct_to_dict(request.parameters, "parameters"),
         bot_id=request.bot_id,
         app_id=request.app_id,
+    )
+
+
+def workflow_resume(request: pb.ResumeWorkflowRequest) -> WorkflowResume:
+    """Validate a resume request and turn it into the providers' WorkflowResume."""
+    if not request.event_id:
+        raise InvalidRequest("event_id", "is required (the interrupt's event_id from StreamWorkflow)")
+    if not request.resume_data:
+        raise InvalidRequest("resume_data", "is required (the answer to what the interrupt asked for)")
+    return WorkflowResume(
+        event_id=request.event_id,
+        resume_data=request.resume_data,
+        interrupt_type=request.interrupt_type,
+        workflow_id=request.workflow_id,
     )
 
 
@@ -110,6 +126,14 @@ _FINISH_REASONS = {
 }
 
 
+def tool_call_messages(tool_calls: tuple[ToolCall, ...]) -> list[pb.ToolCall]:
+    """The API's ToolCalls."""
+    return [
+        pb.ToolCall(id=call.id, type=call.type, function_name=call.function_name, arguments=call.arguments)
+        for call in tool_calls
+    ]
+
+
 def chat_response(result: ChatResult) -> pb.ChatResponse:
     """A whole chat turn as the API's ChatResponse."""
     return pb.ChatResponse(
@@ -119,6 +143,8 @@ def chat_response(result: ChatResult) -> pb.ChatResponse:
         usage=usage_message(result.usage),
         finish_reason=_FINISH_REASONS[result.finish_reason],
         chat_id=result.chat_id,
+        tool_calls=tool_call_messages(result.tool_calls),
+        follow_ups=result.follow_ups,
     )
 
 
@@ -134,6 +160,8 @@ def stream_chat_response(event: TextDelta | ReasoningDelta | ChatFinished) -> pb
         conversation_id=event.conversation_id,
         finish_reason=_FINISH_REASONS[event.finish_reason],
         chat_id=event.chat_id,
+        tool_calls=tool_call_messages(event.tool_calls),
+        follow_ups=event.follow_ups,
     )
 
 
@@ -149,15 +177,26 @@ def run_workflow_response(result: WorkflowResult) -> pb.RunWorkflowResponse:
 
 def stream_workflow_response(event: WorkflowNodeEvent) -> pb.StreamWorkflowResponse:
     """One workflow event as the API's StreamWorkflowResponse."""
+    return pb.StreamWorkflowResponse(**_workflow_event_fields(event))
+
+
+def resume_workflow_response(event: WorkflowNodeEvent) -> pb.ResumeWorkflowResponse:
+    """One event of a resumed workflow as the API's ResumeWorkflowResponse."""
+    return pb.ResumeWorkflowResponse(**_workflow_event_fields(event))
+
+
+def _workflow_event_fields(event: WorkflowNodeEvent) -> dict[str, Any]:
+    # StreamWorkflowResponse and ResumeWorkflowResponse have the same fields (buf
+    # wants one response type per RPC), so both are built from one mapping.
     interrupt = event.interrupt
-    return pb.StreamWorkflowResponse(
-        content=event.content,
-        node_title=event.node_title,
-        node_seq_id=event.node_seq_id,
-        node_is_finish=event.node_is_finish,
-        node_id=event.node_id,
-        usage=usage_message(event.usage),
-        interrupt=None
+    return {
+        "content": event.content,
+        "node_title": event.node_title,
+        "node_seq_id": event.node_seq_id,
+        "node_is_finish": event.node_is_finish,
+        "node_id": event.node_id,
+        "usage": usage_message(event.usage),
+        "interrupt": None
         if interrupt is None
         else pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data),
-    )
+    }

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 from providers.errors import (
     GatewayError,
     InvalidRequest,
+    Overloaded,
     ServiceNotFound,
     ServiceNotReady,
     UpstreamAuthError,
@@ -45,6 +46,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ServiceNotFound, grpc.StatusCode.NOT_FOUND),
     (ServiceNotReady, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # The gateway's own upstream credentials are its configuration, not the caller's;
     # UNAUTHENTICATED stays reserved for the caller's own key.
     (UpstreamAuthError, grpc.StatusCode.FAILED_PRECONDITION),

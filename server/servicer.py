@@ -1,12 +1,14 @@
 """The AIPlatformService servicer: finds the service, hands it plain values, relays its events.
 
-Failures are raised, never caught here: ``server/interceptors.py`` turns every
-exception into a status through ``server/errors.py``.
+Every call to a service goes through the service's CallGuard (timeouts, safe
+retries, concurrency limit). Failures are raised, never caught here:
+``server/interceptors.py`` turns every exception into a status through ``server/errors.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,7 +23,7 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
-    """Implements the five RPCs on top of a ServiceRegistry."""
+    """Implements the RPCs of AIPlatformService on top of a ServiceRegistry."""
 
     def __init__(self, registry: ServiceRegistry) -> None:
         self._registry = registry
@@ -33,28 +35,55 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
         service = self._registry.chat_service(request.service_name)
-        return convert.chat_response(await service.chat(convert.chat_input(request)))
+        chat_input = convert.chat_input(request)
+        result = await self._registry.guard(service).call(lambda: service.chat(chat_input), _deadline(context))
+        return convert.chat_response(result)
 
     async def StreamChat(self, request: pb.StreamChatRequest, context: Context) -> AsyncIterator[pb.StreamChatResponse]:
         service = self._registry.chat_service(request.service_name)
+        chat_input = convert.chat_input(request)
         to_message = convert.stream_chat_response
+        events = self._registry.guard(service).stream(lambda: service.stream_chat(chat_input), _deadline(context))
         # aclosing: the provider's clean-up (closing the upstream) runs in this task,
         # at once, when the caller cancels or a write fails.
-        async with contextlib.aclosing(service.stream_chat(convert.chat_input(request))) as events:
+        async with contextlib.aclosing(events):
             async for event in events:
                 yield to_message(event)
 
     async def RunWorkflow(self, request: pb.RunWorkflowRequest, context: Context) -> pb.RunWorkflowResponse:
         service = self._registry.workflow_service(request.service_name)
-        return convert.run_workflow_response(await service.run_workflow(convert.workflow_input(request)))
+        workflow_input = convert.workflow_input(request)
+        guard = self._registry.guard(service)
+        result = await guard.call(lambda: service.run_workflow(workflow_input), _deadline(context))
+        return convert.run_workflow_response(result)
 
     async def StreamWorkflow(
         self, request: pb.StreamWorkflowRequest, context: Context
     ) -> AsyncIterator[pb.StreamWorkflowResponse]:
         service = self._registry.workflow_service(request.service_name)
-        async with contextlib.aclosing(service.stream_workflow(convert.workflow_input(request))) as events:
+        workflow_input = convert.workflow_input(request)
+        events = self._registry.guard(service).stream(
+            lambda: service.stream_workflow(workflow_input), _deadline(context)
+        )
+        async with contextlib.aclosing(events):
             async for event in events:
                 yield convert.stream_workflow_response(event)
+
+    async def ResumeWorkflow(
+        self, request: pb.ResumeWorkflowRequest, context: Context
+    ) -> AsyncIterator[pb.ResumeWorkflowResponse]:
+        service = self._registry.workflow_service(request.service_name)
+        resume = convert.workflow_resume(request)
+        events = self._registry.guard(service).stream(lambda: service.resume_workflow(resume), _deadline(context))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield convert.resume_workflow_response(event)
+
+
+def _deadline(context: Context) -> float | None:
+    """The caller's deadline on time.monotonic(), or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _service_info(service: AIService) -> pb.ServiceInfo:

@@ -1,20 +1,55 @@
-"""The gateway's settings: read once at start-up from the environment and ``.env``.
+"""The gateway's settings: read once at start-up from the environment, ``.env`` and ``AIP_CONFIG``.
 
 Nothing else reads ``os.environ``; the settings object is passed down through
 constructors. The seed's variable names (``COZE_API_TOKEN``, ``COZE_API_BASE``,
 ``COZE_DEFAULT_BOT_ID``, ``COZE_DEFAULT_WORKFLOW_ID``) are kept as they were.
+The optional TOML file named by ``AIP_CONFIG`` declares more services; it names
+the variables that hold their secrets and never holds a secret itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http(s) URL, e.g. https://api.coze.cn (got {value!r})")
+    return value.rstrip("/")
+
+
+def _empty_is_unset(value: object) -> object:
+    return None if value == "" else value
+
+
+#: An http(s) URL without a trailing slash.
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+#: A secret where an empty value (``COZE_API_TOKEN=`` in .env) means unset.
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 
 class GatewaySettings(BaseSettings):
@@ -23,13 +58,29 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIP_", extra="ignore")
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on; port 0 picks a free port")
+    config: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, description="TOML file declaring more services"
+    )
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight calls may finish on SIGTERM")
     demo_services: bool = Field(True, description="serve the echo and echo_workflow demo services")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    upstream_connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP+TLS connect to an upstream")
-    upstream_read_timeout_seconds: float = Field(
-        120.0, gt=0, description="longest silence tolerated while waiting for an upstream's next bytes"
-    )
+    connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to an upstream (TCP and TLS)")
+    first_token_timeout_seconds: float = Field(120.0, gt=0, description="from the call to the upstream's first event")
+    idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
+    total_timeout_seconds: float = Field(600.0, gt=0, description="the whole upstream call")
+    max_attempts: int = Field(3, ge=1, le=10, description="attempts for a transient failure before any output")
+    max_concurrent_calls: int = Field(256, ge=1, description="calls in flight per service; more are refused")
+
+    def service_defaults(self) -> dict[str, Any]:
+        """The per-service limits every service starts from (the config file may override them)."""
+        return {
+            "connect_timeout": self.connect_timeout_seconds,
+            "first_token_timeout": self.first_token_timeout_seconds,
+            "idle_timeout": self.idle_timeout_seconds,
+            "total_timeout": self.total_timeout_seconds,
+            "max_attempts": self.max_attempts,
+            "max_concurrent_calls": self.max_concurrent_calls,
+        }
 
     @field_validator("address")
     @classmethod
@@ -52,22 +103,86 @@ class CozeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="COZE_", extra="ignore")
 
-    api_token: SecretStr | None = Field(None, description="personal access token; the services are not ready without")
-    api_base: str = Field("https://api.coze.cn", description="https://api.coze.cn or https://api.coze.com")
+    api_token: OptionalSecret = Field(None, description="personal access token; the services are not ready without")
+    api_base: HttpURL = Field(DEFAULT_COZE_BASE_URL, description="https://api.coze.cn or https://api.coze.com")
     default_bot_id: str = Field("", description="bot used when a call names no parameters.bot_id")
     default_workflow_id: str = Field("", description="workflow used when a call names no workflow_id")
 
-    @field_validator("api_token", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
 
-    @field_validator("api_base")
+class OpenAISettings(BaseSettings):
+    """The default OpenAI-compatible endpoint behind the ``openai`` service (variables prefixed ``OPENAI_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENAI_", extra="ignore")
+
+    api_key: OptionalSecret = Field(None, description="API key; the openai service is not ready without")
+    base_url: HttpURL = Field(DEFAULT_OPENAI_BASE_URL, description="any OpenAI-compatible /v1 base URL")
+    default_model: str = Field("", description="model used when a call names no parameters.model")
+
+
+class ConfigError(ValueError):
+    """The AIP_CONFIG file is unreadable or invalid; the message names the service and field."""
+
+
+_SERVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_SECRET_KEYS = frozenset({"api_key", "token", "api_token", "secret", "password", "key"})
+
+
+class ServiceEntry(BaseModel):
+    """One ``[services.<name>]`` table of the AIP_CONFIG file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    description: str = ""
+    base_url: str = ""
+    api_key_env: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+    default_bot_id: str = ""
+    default_workflow_id: str = ""
+    default_model: str = ""
+    connect_timeout_seconds: float | None = Field(None, gt=0)
+    first_token_timeout_seconds: float | None = Field(None, gt=0)
+    idle_timeout_seconds: float | None = Field(None, gt=0)
+    total_timeout_seconds: float | None = Field(None, gt=0)
+    max_attempts: int | None = Field(None, ge=1, le=10)
+    max_concurrent_calls: int | None = Field(None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def limits(self) -> dict[str, Any]:
+        """The limits this entry sets, under ServiceConfig's names."""
+        limits = {
+            "connect_timeout": self.connect_timeout_seconds,
+            "first_token_timeout": self.first_token_timeout_seconds,
+            "idle_timeout": self.idle_timeout_seconds,
+            "total_timeout": self.total_timeout_seconds,
+            "max_attempts": self.max_attempts,
+            "max_concurrent_calls": self.max_concurrent_calls,
+        }
+        return {key: value for key, value in limits.items() if value is not None}
+
+    @model_validator(mode="before")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL, e.g. https://api.coze.cn (got {value!r})")
-        return value.rstrip("/")
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in _SECRET_KEYS:
+                    raise ValueError(
+                        f"{key!r} looks like a secret, and secrets do not belong in the file: "
+                        "put it in an environment variable and name that variable in api_key_env"
+                    )
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url_when_set(cls, value: str) -> str:
+        return _http_url(value) if value else value
+
+
+class ServiceFile(BaseModel):
+    """The AIP_CONFIG file: named services."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: dict[str, ServiceEntry] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
@@ -75,14 +190,63 @@ class Settings(BaseModel):
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     coze: CozeSettings = Field(default_factory=CozeSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    #: Services declared in the AIP_CONFIG file, secrets resolved.
+    file_services: tuple[ServiceConfig, ...] = ()
 
     @classmethod
     def from_environment(cls, env_file: Path | None = Path(".env")) -> Settings:
-        """Read the environment, then ``env_file`` for variables the environment lacks."""
+        """Read the environment, then ``env_file`` for variables the environment lacks, then AIP_CONFIG.
+
+        Raises:
+            pydantic.ValidationError: a variable has a bad value.
+            ConfigError: the AIP_CONFIG file is unreadable or invalid.
+        """
+        gateway = GatewaySettings(_env_file=env_file)
+        variables = _variables(env_file)
         return cls(
-            gateway=GatewaySettings(_env_file=env_file),
+            gateway=gateway,
             coze=CozeSettings(_env_file=env_file),
+            openai=OpenAISettings(_env_file=env_file),
+            file_services=load_service_file(gateway.config, variables, gateway) if gateway.config else (),
         )
+
+    def service_configs(self) -> list[ServiceConfig]:
+        """Every service to serve: the built-in ones from the environment, then the file's.
+
+        A file service with the name of a built-in one replaces it.
+        """
+        gateway, coze, openai = self.gateway, self.coze, self.openai
+        timeouts = gateway.service_defaults()
+        coze_account: dict[str, Any] = {
+            "base_url": coze.api_base,
+            "api_key": coze.api_token.get_secret_value() if coze.api_token else None,
+            "api_key_env": "COZE_API_TOKEN",
+            **timeouts,
+        }
+        configs = [
+            ServiceConfig("coze", "coze", default_bot_id=coze.default_bot_id, **coze_account),
+            ServiceConfig(
+                "coze_workflow", "coze_workflow", default_workflow_id=coze.default_workflow_id, **coze_account
+            ),
+            ServiceConfig(
+                "openai",
+                "openai",
+                base_url=openai.base_url,
+                api_key=openai.api_key.get_secret_value() if openai.api_key else None,
+                api_key_env="OPENAI_API_KEY",
+                default_model=openai.default_model,
+                **timeouts,
+            ),
+        ]
+        if gateway.demo_services:
+            configs += [
+                ServiceConfig("echo", "echo", **timeouts),
+                ServiceConfig("echo_workflow", "echo_workflow", **timeouts),
+            ]
+        by_name = {config.name: config for config in configs}
+        by_name.update((config.name, config) for config in self.file_services)
+        return list(by_name.values())
 
     @property
     def log_level(self) -> int:
@@ -90,9 +254,55 @@ class Settings(BaseModel):
         return logging.getLevelNamesMapping()[self.gateway.log_level]
 
 
+def load_service_file(path: Path, variables: Mapping[str, str], gateway: GatewaySettings) -> tuple[ServiceConfig, ...]:
+    """The services the TOML file at ``path`` declares; secrets come from ``variables``."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"AIP_CONFIG {path}: cannot read the file ({error.strerror})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"AIP_CONFIG {path}: not valid TOML ({error})") from error
+    try:
+        parsed = ServiceFile.model_validate(document)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {str(item['msg']).removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise ConfigError(f"AIP_CONFIG {path}: {problems}") from error
+    configs = []
+    for name, entry in parsed.services.items():
+        if not _SERVICE_NAME.match(name):
+            raise ConfigError(
+                f"AIP_CONFIG {path}: services.{name}: a service name is a letter, then letters, digits, _ . or -"
+            )
+        configs.append(
+            ServiceConfig(
+                name=name,
+                provider=entry.provider,
+                description=entry.description,
+                base_url=entry.base_url,
+                api_key=variables.get(entry.api_key_env) or None if entry.api_key_env else None,
+                api_key_env=entry.api_key_env,
+                default_bot_id=entry.default_bot_id,
+                default_workflow_id=entry.default_workflow_id,
+                default_model=entry.default_model,
+                options=entry.options,
+                **{**gateway.service_defaults(), **entry.limits()},
+            )
+        )
+    return tuple(configs)
+
+
+def _variables(env_file: Path | None) -> dict[str, str]:
+    """The environment over the .env file: where the file's api_key_env names are looked up."""
+    from_file = {key: value for key, value in dotenv_values(env_file).items() if value is not None} if env_file else {}
+    return {**from_file, **os.environ}
+
+
 def describe_settings_error(error: pydantic.ValidationError) -> str:
     """One line naming each bad variable, e.g. ``AIP_ADDRESS: must be host:port ...``."""
-    prefixes = {GatewaySettings.__name__: "AIP_", CozeSettings.__name__: "COZE_"}
+    prefixes = {GatewaySettings.__name__: "AIP_", CozeSettings.__name__: "COZE_", OpenAISettings.__name__: "OPENAI_"}
     prefix = prefixes.get(error.title, "")
     problems = []
     for item in error.errors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -12,14 +13,15 @@ from server.app import GatewayServer, start_server
 from server.settings import CozeSettings, GatewaySettings, Settings
 from tests.fakes.coze import FakeCoze
 
+#: The prefixes of the variables the gateway reads.
+ENVIRONMENT_PREFIXES = ("AIP_", "COZE_", "OPENAI_")
+
 
 @pytest.fixture(autouse=True)
 def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep a developer's own AIP_* / COZE_* variables out of the tests."""
-    import os
-
+    """Keep a developer's own AIP_* / COZE_* / OPENAI_* variables out of the tests."""
     for name in list(os.environ):
-        if name.startswith(("AIP_", "COZE_")):
+        if name.startswith(ENVIRONMENT_PREFIXES):
             monkeypatch.delenv(name)
     yield
 

@@ -94,12 +94,13 @@ async def _first(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 async def test_list_services_returns_every_service(client: Any) -> None:
     services = await client.list_services()
-    assert [service.name for service in services] == ["coze", "coze_workflow", "echo", "echo_workflow"]
+    assert [service.name for service in services] == ["coze", "coze_workflow", "echo", "echo_workflow", "openai"]
     assert all(isinstance(service, pb.ServiceInfo) for service in services)
 
 
 @pytest.mark.parametrize(
-    ("service_type", "expected"), [("chat", ["coze", "echo"]), ("workflow", ["coze_workflow", "echo_workflow"])]
+    ("service_type", "expected"),
+    [("chat", ["coze", "echo", "openai"]), ("workflow", ["coze_workflow", "echo_workflow"])],
 )
 async def test_list_services_filters_by_type(client: Any, service_type: str, expected: list[str]) -> None:
     services = await client.list_services(service_type)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.app import GatewayServer
+from tests.conftest import ENVIRONMENT_PREFIXES
 
 _LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -55,7 +56,7 @@ async def _start(env: dict[str, str], cwd: Path) -> GatewayProcess:
 
 
 def _env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIP_", "COZE_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
     env.update({"AIP_ADDRESS": "127.0.0.1:0", **overrides})
     return env
 
@@ -177,7 +178,11 @@ async def test_settings_are_read_from_a_dot_env_file(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(started.target) as channel:
             listed = await pb_grpc.AIPlatformServiceStub(channel).ListServices(pb.ListServicesRequest())
-        assert {service.name: service.ready for service in listed.services} == {"coze": True, "coze_workflow": True}
+        assert {service.name: service.ready for service in listed.services} == {
+            "coze": True,
+            "coze_workflow": True,
+            "openai": False,
+        }
     finally:
         started.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(started.process.wait(), 10) == 0

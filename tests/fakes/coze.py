@@ -2,8 +2,10 @@
 
 The wire format follows /work/shared/docs/coze-wire.md (§§1-4, checklist in §7). Behaviour is chosen per
 request by the chat `bot_id` or the workflow `workflow_id` (the `BOT_*` / `WORKFLOW_*` constants below);
-any other id behaves normally. Every request is recorded in `FakeCoze.requests`, and every client that
-goes away before its stream was finished is recorded in `FakeCoze.disconnects`.
+any other id behaves normally. Every request is recorded in `FakeCoze.requests` (`wait_for_requests`
+waits for one, e.g. the gateway's `/v3/chat/cancel`), the ids of every chat created in
+`FakeCoze.created_chats`, and every client that goes away before its stream was finished in
+`FakeCoze.disconnects`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ BOT_SLOW = "bot-slow"  # the normal answer, one delta every FakeCoze.slow_interv
 BOT_NO_CLOSE = "bot-no-close"  # the normal stream, but the body stays open NO_CLOSE_SECONDS after done
 BOT_MALFORMED = "bot-malformed"  # two deltas, then a `: ping` comment line (cozepy raises), then the rest
 BOT_REQUIRES_ACTION = "bot-requires-action"  # conversation.chat.requires_action with one tool call, done
+BOT_FOLLOW_UPS = "bot-follow-ups"  # the normal answer, then FOLLOW_UP_QUESTIONS as follow_up messages
 BOT_SPLIT_UTF8 = "bot-split-utf8"  # answer SPLIT_UTF8_ANSWER; each delta splits a UTF-8 char across writes
 
 # --- Workflow scenarios, selected by workflow_id (any other id runs normally) ---
@@ -63,6 +66,7 @@ SPLIT_UTF8_ANSWER = "你好世界"
 ANSWER_PIECE_CHARS = 3  # the answer is streamed in deltas of this many characters
 REASONING_PIECES = ("先确定日期，", "再推算星期，", "得出结论。")
 FOLLOW_UP_QUESTION = "2024 年国庆节放几天假？"
+FOLLOW_UP_QUESTIONS = (FOLLOW_UP_QUESTION, "国庆节有哪些习俗？", "2025 年 10 月 1 日是星期几？")
 TOOL_CALL_ID = "call_fake_0001"
 TOOL_CALL_NAME = "get_weather"
 TOOL_CALL_ARGUMENTS = '{"city":"北京"}'
@@ -116,6 +120,15 @@ class RecordedRequest:
     json: Any  # the parsed JSON body, or None when there was no (valid) JSON body
     time: float  # time.monotonic()
     log_id: str  # the x-tt-logid the fake answered with
+
+
+@dataclass(frozen=True)
+class CreatedChat:
+    """The ids of a chat the fake created (what the gateway must send to /v3/chat/cancel)."""
+
+    chat_id: str
+    conversation_id: str
+    bot_id: str
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,8 @@ class FakeCoze:
         self._stream_transports: set[asyncio.Transport] = set()
         self._disconnect_seen = 0
         self._disconnect_event = asyncio.Event()
+        self.created_chats: list[CreatedChat] = []
+        self._request_event = asyncio.Event()
         self._stopping = False
 
     async def __aenter__(self) -> FakeCoze:
@@ -316,6 +331,20 @@ class FakeCoze:
         self._disconnect_seen += 1
         return disconnect
 
+    async def wait_for_requests(self, path: str, count: int = 1, timeout: float = 2.0) -> list[RecordedRequest]:
+        """Every recorded request to `path`, once there are at least `count`, waiting up to `timeout` seconds.
+
+        Raises:
+            TimeoutError: fewer than `count` such requests arrived in time.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                matching = [request for request in self.requests if request.path == path]
+                if len(matching) >= count:
+                    return matching
+                self._request_event.clear()
+                await self._request_event.wait()
+
     # --- plumbing ---
 
     def _new_id(self) -> str:
@@ -345,6 +374,7 @@ class FakeCoze:
                 log_id=log_id,
             )
         )
+        self._request_event.set()
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _error(_AUTH_FAILED)
         return await handler(request)
@@ -428,6 +458,7 @@ class FakeCoze:
             created_at=int(time.time()),
         )
         self._chats[record.chat_id] = record
+        self.created_chats.append(CreatedChat(record.chat_id, record.conversation_id, bot_id))
         if not stream:
             # Coze answers at once with in_progress; the fake's chat is done by the first retrieve.
             record.status = "completed"
@@ -501,6 +532,11 @@ class FakeCoze:
         if scenario == BOT_VERBOSE_AND_UNKNOWN:
             follow_up = record.message(self._new_id(), "follow_up", FOLLOW_UP_QUESTION)
             await response.write(_chat_event("conversation.message.completed", follow_up))
+        if scenario == BOT_FOLLOW_UPS:
+            # Coze sends each suggestion as its own follow_up message, after the answer and verbose.
+            for question in FOLLOW_UP_QUESTIONS:
+                follow_up = record.message(self._new_id(), "follow_up", question)
+                await response.write(_chat_event("conversation.message.completed", follow_up))
         record.status = "completed"
         await response.write(_chat_event("conversation.chat.completed", record.chat("completed")))
         await response.write(_chat_event("done", "[DONE]"))

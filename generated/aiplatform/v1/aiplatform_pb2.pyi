@@ -74,20 +74,24 @@ class ChatRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id")
+    __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id", "tool_calls", "follow_ups")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_UPS_FIELD_NUMBER: _ClassVar[int]
     content: str
     reasoning: str
     conversation_id: str
     usage: Usage
     finish_reason: FinishReason
     chat_id: str
-    def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    follow_ups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
     __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id")
@@ -104,20 +108,36 @@ class StreamChatRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class StreamChatResponse(_message.Message):
-    __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id")
+    __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id", "tool_calls", "follow_ups")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     REASONING_DELTA_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_UPS_FIELD_NUMBER: _ClassVar[int]
     delta: str
     reasoning_delta: str
     usage: Usage
     conversation_id: str
     finish_reason: FinishReason
     chat_id: str
-    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    follow_ups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("id", "type", "function_name", "arguments")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    function_name: str
+    arguments: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., function_name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens", "total_tokens")
@@ -170,6 +190,38 @@ class StreamWorkflowRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
 
 class StreamWorkflowResponse(_message.Message):
+    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_IS_FINISH_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    content: str
+    node_title: str
+    node_seq_id: str
+    node_is_finish: bool
+    interrupt: WorkflowInterrupt
+    usage: Usage
+    node_id: str
+    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ResumeWorkflowRequest(_message.Message):
+    __slots__ = ("service_name", "workflow_id", "event_id", "resume_data", "interrupt_type")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_DATA_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    workflow_id: str
+    event_id: str
+    resume_data: str
+    interrupt_type: int
+    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., event_id: _Optional[str] = ..., resume_data: _Optional[str] = ..., interrupt_type: _Optional[int] = ...) -> None: ...
+
+class ResumeWorkflowResponse(_message.Message):
     __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     NODE_TITLE_FIELD_NUMBER: _ClassVar[int]

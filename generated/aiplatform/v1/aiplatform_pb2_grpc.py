@@ -60,6 +60,11 @@ class AIPlatformServiceStub:
                 request_serializer=aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowRequest.SerializeToString,
                 response_deserializer=aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowResponse.FromString,
                 _registered_method=True)
+        self.ResumeWorkflow = channel.unary_stream(
+                '/aiplatform.v1.AIPlatformService/ResumeWorkflow',
+                request_serializer=aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class AIPlatformServiceServicer:
@@ -102,6 +107,16 @@ class AIPlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeWorkflow(self, request, context):
+        """ResumeWorkflow continues a workflow that stopped at an interrupt (a
+        StreamWorkflowResponse with `interrupt` set) with the caller's answer, and
+        streams the rest of its events as StreamWorkflow does. It may stop at a
+        further interrupt, which is resumed the same way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AIPlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +144,11 @@ def add_AIPlatformServiceServicer_to_server(servicer, server):
                     servicer.StreamWorkflow,
                     request_deserializer=aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowRequest.FromString,
                     response_serializer=aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowResponse.SerializeToString,
+            ),
+            'ResumeWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeWorkflow,
+                    request_deserializer=aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +287,33 @@ class AIPlatformService:
             '/aiplatform.v1.AIPlatformService/StreamWorkflow',
             aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowRequest.SerializeToString,
             aiplatform_dot_v1_dot_aiplatform__pb2.StreamWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aiplatform.v1.AIPlatformService/ResumeWorkflow',
+            aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowRequest.SerializeToString,
+            aiplatform_dot_v1_dot_aiplatform__pb2.ResumeWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

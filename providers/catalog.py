@@ -1,0 +1,182 @@
+"""Provider factories by name: the built-in providers and those installed packages register.
+
+A service is configured by a ``ServiceConfig`` (from the environment or the
+``AIP_CONFIG`` file) that names its provider; the factory registered under that
+name builds the service. A package adds a provider by declaring an entry point
+in the group ``aiplatform.providers`` whose object is a factory::
+
+    [project.entry-points."aiplatform.providers"]
+    reverse = "my_package:create_service"    # def create_service(config: ServiceConfig) -> AIService
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import AIService
+from providers.guard import CallPolicy
+
+_LOGGER = logging.getLogger(__name__)
+
+#: The entry-point group plugins register their provider factories in.
+ENTRY_POINT_GROUP = "aiplatform.providers"
+
+#: Where a service goes when its configuration names no base URL.
+DEFAULT_COZE_BASE_URL = "https://api.coze.cn"
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service as its provider receives it; the secret is already read from its variable."""
+
+    name: str
+    provider: str
+    description: str = ""
+    base_url: str = ""
+    #: The secret, read from the environment variable ``api_key_env`` names; None when unset.
+    api_key: str | None = field(default=None, repr=False)
+    #: The name of the variable that holds the secret, for messages ("DEEPSEEK_API_KEY is not set").
+    api_key_env: str = ""
+    default_bot_id: str = ""
+    default_workflow_id: str = ""
+    default_model: str = ""
+    connect_timeout: float = 5.0
+    #: Seconds to the first event, between two events, and for the whole call (None: no limit).
+    first_token_timeout: float | None = 120.0
+    idle_timeout: float | None = 120.0
+    total_timeout: float | None = 600.0
+    #: Attempts for a transient failure before the first event (1: no retry).
+    max_attempts: int = 3
+    #: Calls of this service in flight at once; more are refused (None: no limit).
+    max_concurrent_calls: int | None = 256
+    #: Provider-specific settings from the config file's ``options`` table (for plugins).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def read_timeout(self) -> float:
+        """The HTTP read timeout: a socket-level backstop for the idle timeout."""
+        return self.idle_timeout or 3600.0
+
+    def call_policy(self) -> CallPolicy:
+        """How the gateway guards this service's calls."""
+        return CallPolicy(
+            first_event_timeout=self.first_token_timeout,
+            idle_timeout=self.idle_timeout,
+            total_timeout=self.total_timeout,
+            max_attempts=self.max_attempts,
+            max_concurrency=self.max_concurrent_calls,
+        )
+
+    def missing_key_reason(self) -> str:
+        """Why the service is not ready when it has no key; names the variable to set."""
+        return f"{self.api_key_env or 'the API key'} is not set"
+
+
+ProviderFactory = Callable[[ServiceConfig], AIService]
+
+
+class UnknownProvider(LookupError):
+    """A service names a provider that is neither built in nor installed."""
+
+
+def _builtin_factories() -> dict[str, ProviderFactory]:
+    # Imported here so that a plugin importing ServiceConfig does not pull in every provider.
+    from providers.coze import CozeChatService, CozeClients, CozeWorkflowService
+    from providers.echo import EchoChatService, EchoWorkflowService
+    from providers.openai import OpenAIChatService
+
+    # Coze services of the same account share one pooled client.
+    coze_clients: dict[tuple[str, str, float, float], CozeClients] = {}
+
+    def clients_for(config: ServiceConfig) -> CozeClients | None:
+        if config.api_key is None:
+            return None
+        key = (config.api_key, config.base_url, config.connect_timeout, config.read_timeout)
+        if key not in coze_clients:
+            coze_clients[key] = CozeClients(
+                token=config.api_key,
+                base_url=config.base_url or DEFAULT_COZE_BASE_URL,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+            )
+        return coze_clients[key]
+
+    def coze(config: ServiceConfig) -> AIService:
+        return CozeChatService(
+            config.name,
+            clients_for(config),
+            default_bot_id=config.default_bot_id,
+            description=config.description,
+            missing_key_reason=config.missing_key_reason(),
+        )
+
+    def coze_workflow(config: ServiceConfig) -> AIService:
+        return CozeWorkflowService(
+            config.name,
+            clients_for(config),
+            default_workflow_id=config.default_workflow_id,
+            description=config.description,
+            missing_key_reason=config.missing_key_reason(),
+        )
+
+    def openai(config: ServiceConfig) -> AIService:
+        return OpenAIChatService(
+            config.name,
+            base_url=config.base_url or DEFAULT_OPENAI_BASE_URL,
+            api_key=config.api_key,
+            default_model=config.default_model,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            description=config.description,
+            missing_key_reason=config.missing_key_reason(),
+        )
+
+    return {
+        "coze": coze,
+        "coze_workflow": coze_workflow,
+        "openai": openai,
+        "echo": lambda config: EchoChatService(config.name),
+        "echo_workflow": lambda config: EchoWorkflowService(config.name),
+    }
+
+
+class ProviderCatalog:
+    """Every provider this gateway can build services of."""
+
+    def __init__(self, factories: Mapping[str, ProviderFactory]) -> None:
+        self._factories = dict(factories)
+
+    @classmethod
+    def installed(cls) -> ProviderCatalog:
+        """The built-in providers plus every plugin installed in this environment."""
+        factories = _builtin_factories()
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in factories:
+                _LOGGER.warning(
+                    "plugin provider %r (%s) ignored: the name is taken", entry_point.name, entry_point.value
+                )
+                continue
+            factories[entry_point.name] = entry_point.load()
+        return cls(factories)
+
+    @property
+    def names(self) -> list[str]:
+        """The provider names, sorted."""
+        return sorted(self._factories)
+
+    def build(self, config: ServiceConfig) -> AIService:
+        """The service ``config`` describes."""
+        factory = self._factories.get(config.provider)
+        if factory is None:
+            raise UnknownProvider(
+                f"service {config.name!r}: unknown provider {config.provider!r} (available: {', '.join(self.names)})"
+            )
+        service: object = factory(config)
+        if not isinstance(service, AIService):
+            raise TypeError(f"provider {config.provider!r} returned {type(service).__name__}, not an AIService")
+        return service

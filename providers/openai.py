@@ -1,0 +1,423 @@
+"""OpenAI-compatible chat: ``POST {base_url}/chat/completions`` over one pooled httpx client.
+
+Speaks the Chat Completions wire format that OpenAI and many others (DeepSeek, Qwen's
+compatible mode, vLLM, ...) share. Streams are read with our own SSE reader and
+end OK only after ``data: [DONE]``; DeepSeek-style ``reasoning_content`` becomes
+reasoning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from providers.base import (
+    ChatEvent,
+    ChatFinished,
+    ChatInput,
+    ChatResult,
+    ChatService,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    int_parameter,
+    json_type_name,
+    reject_unknown_parameters,
+    string_parameter,
+)
+from providers.errors import (
+    InvalidRequest,
+    ServiceNotReady,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from providers.http import UpstreamCall, tracked_client_options, upstream_call
+from providers.sse import ServerSentEvent, iter_sse
+
+PROVIDER = "openai"
+LOG_ID_HEADER = "x-request-id"
+
+_NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+# OpenAI documents seed as a 64-bit integer; max_tokens has no documented ceiling.
+_INTEGER_PARAMETERS = {"max_tokens": (1, 2**31 - 1), "seed": (-(2**63), 2**63 - 1)}
+_CHAT_PARAMETERS = frozenset({"model", "stop", "response_format", *_NUMBER_PARAMETERS, *_INTEGER_PARAMETERS})
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,  # the deprecated single-function form
+}
+
+# An error object inside a stream (or in a 200 body) has no HTTP status of its own;
+# these codes and types stand for one. Anything else there counts as a 5xx.
+_STATUS_BY_ERROR_CODE = {
+    "invalid_api_key": 401,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "model_not_found": 404,
+    "not_found_error": 404,
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,
+    "context_length_exceeded": 400,
+    "invalid_request_error": 400,
+}
+
+# Upstreams echo keys back in their messages (OpenAI: "Incorrect API key provided: sk-ab***cd").
+_KEY_LIKE = re.compile(r"\bsk-[\w*.-]+")
+
+# How long to keep reading after [DONE] for the body to end, so the connection goes
+# back to the pool; past it the connection is dropped instead.
+_DRAIN_SECONDS = 1.0
+
+
+class OpenAIChatService(ChatService):
+    """A chat model behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    provider: ClassVar[str] = PROVIDER
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        default_model: str = "",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        description: str = "",
+        missing_key_reason: str = "no API key is configured",
+    ) -> None:
+        model_help = f"string; default {default_model!r}" if default_model else "string; required"
+        super().__init__(
+            name,
+            description
+            or f"OpenAI-compatible chat completions. Parameters: model ({model_help}), temperature, top_p, "
+            "presence_penalty, frequency_penalty (numbers), max_tokens, seed (integers), stop (string or list "
+            "of strings), response_format (object). Roles: system, user, assistant.",
+        )
+        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._api_key = api_key or ""
+        # The wiring knows where the key comes from ("OPENAI_API_KEY is not set"); the provider does not.
+        self._missing_key_reason = missing_key_reason
+        self._headers = {"Authorization": f"Bearer {self._api_key}"}
+        self._default_model = default_model
+        # One client per service: its pool keeps TLS connections to the upstream warm.
+        self._http = httpx.AsyncClient(
+            **tracked_client_options(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        )
+
+    def not_ready_reason(self) -> str:
+        return "" if self._api_key else self._missing_key_reason
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
+        body = self._request_body(request, stream=True)
+        async with upstream_call() as call:
+            with _map_transport_errors(call):
+                response = await self._http.send(
+                    self._http.build_request("POST", self._url, json=body, headers=self._headers), stream=True
+                )
+                await self._raise_for_status(response, call)
+                await self._raise_for_json_instead_of_stream(response, call)
+                finish_reason: FinishReason | None = None
+                usage: Usage | None = None
+                chat_id = ""
+                async with contextlib.aclosing(iter_sse(response)) as events:
+                    async for sse in events:
+                        data = sse.data
+                        if data == "[DONE]":
+                            if finish_reason is None:
+                                raise self._broken(call, "the stream ended with [DONE] but no finish_reason")
+                            yield ChatFinished(finish_reason=finish_reason, usage=usage, chat_id=chat_id)
+                            await _drain(events)
+                            return
+                        if not data:
+                            continue  # an event with no data (a keep-alive of some servers)
+                        chunk = self._chunk(data, call)
+                        if not chat_id:
+                            chat_id = str(chunk.get("id") or "")
+                        choices = chunk.get("choices")
+                        choice = choices[0] if choices and isinstance(choices, list) else None
+                        if isinstance(choice, dict):
+                            delta = choice.get("delta")
+                            if isinstance(delta, dict):
+                                # Reasoning (DeepSeek and others) comes before the answer it leads to.
+                                reasoning = delta.get("reasoning_content")
+                                if reasoning and isinstance(reasoning, str):
+                                    yield ReasoningDelta(reasoning)
+                                content = delta.get("content")
+                                if content and isinstance(content, str):
+                                    yield TextDelta(content)
+                            reason = choice.get("finish_reason")
+                            if reason and isinstance(reason, str):
+                                finish_reason = _FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
+                        elif "error" in chunk:
+                            raise self._error(None, chunk["error"], call, "the upstream failed mid-stream")
+                        # Usage comes in the final choices-less chunk (include_usage); some servers
+                        # put it on other chunks too, so the last one seen wins.
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"])
+                raise self._broken(call, "the stream ended before data: [DONE]")
+
+    async def chat(self, request: ChatInput) -> ChatResult:
+        """Answer a whole turn with one non-streaming request."""
+        body = self._request_body(request, stream=False)
+        async with upstream_call() as call:
+            with _map_transport_errors(call):
+                response = await self._http.post(self._url, json=body, headers=self._headers)
+                await self._raise_for_status(response, call)
+            payload = _json_object(response.content)
+            choices = payload.get("choices") if payload is not None else None
+            if payload is not None and not choices and "error" in payload:
+                raise self._error(None, payload["error"], call, "the upstream failed")
+            choice = choices[0] if isinstance(choices, list) and choices else None
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if payload is None or choice is None or not isinstance(message, dict):
+                raise self._broken(call, "the upstream answered with a malformed chat.completion")
+            reason = choice.get("finish_reason")
+            return ChatResult(
+                content=_text(message.get("content")),
+                reasoning=_text(message.get("reasoning_content")),
+                # The whole body arrived, so a missing finish_reason is unknown, not a cut.
+                finish_reason=_FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
+                if isinstance(reason, str)
+                else FinishReason.UNSPECIFIED,
+                usage=_usage(payload.get("usage")),
+                chat_id=str(payload.get("id") or ""),
+            )
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def _request_body(self, request: ChatInput, *, stream: bool) -> dict[str, Any]:
+        """Validate the call and build the JSON body; raises before any network I/O."""
+        if not self._api_key:
+            raise ServiceNotReady(f"service {self.name!r} is not ready: {self._missing_key_reason}")
+        parameters = request.parameters
+        reject_unknown_parameters(parameters, _CHAT_PARAMETERS)
+        model = string_parameter(parameters, "model", self._default_model)
+        if not model:
+            raise InvalidRequest("parameters.model", f"is required (service {self.name!r} has no default model)")
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": message.role, "content": message.content} for message in request.messages],
+        }
+        body.update(_options(parameters))
+        body["stream"] = stream
+        if stream:
+            # Without this the stream carries no usage at all.
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    # --- responses --------------------------------------------------------------------------------
+
+    async def _raise_for_status(self, response: httpx.Response, call: UpstreamCall) -> None:
+        """Raise the typed error for an HTTP error status, from the OpenAI error body when there is one."""
+        if response.status_code < 400:
+            return
+        payload = _json_object(await response.aread())
+        error = payload.get("error") if payload is not None else None
+        raise self._error(response.status_code, error, call, f"the upstream answered HTTP {response.status_code}")
+
+    async def _raise_for_json_instead_of_stream(self, response: httpx.Response, call: UpstreamCall) -> None:
+        """Some servers answer a failed stream request with a JSON error body and HTTP 200."""
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return
+        payload = _json_object(await response.aread())
+        if payload is not None and "error" in payload:
+            raise self._error(None, payload["error"], call, "the upstream failed")
+        raise self._broken(call, "the upstream answered with JSON instead of an event stream")
+
+    def _chunk(self, data: str, call: UpstreamCall) -> dict[str, Any]:
+        """One stream chunk as a JSON object; anything else is a broken stream."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise self._broken(call, "the upstream sent a malformed stream event (not a JSON object)")
+        return chunk
+
+    def _broken(self, call: UpstreamCall, what: str) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"service {self.name!r}: {what}", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
+        )
+
+    def _error(self, status: int | None, error: object, call: UpstreamCall, fallback: str) -> UpstreamError:
+        return openai_error(
+            status,
+            error,
+            service=self.name,
+            fallback_message=fallback,
+            log_id=call.header(LOG_ID_HEADER),
+            retry_after_seconds=_retry_after(call),
+            secret=self._api_key,
+        )
+
+
+def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling options the caller set, type-checked, in their JSON types."""
+    options: dict[str, Any] = {}
+    for key in _NUMBER_PARAMETERS:
+        value = parameters.get(key)
+        if value is not None:
+            # Struct numbers arrive as int when integral, float otherwise; bool is not a number.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRequest(f"parameters.{key}", f"must be a number, got {json_type_name(value)}")
+            options[key] = value
+    for key, (minimum, maximum) in _INTEGER_PARAMETERS.items():
+        if parameters.get(key) is not None:
+            options[key] = int_parameter(parameters, key, 0, minimum=minimum, maximum=maximum)
+    stop = parameters.get("stop")
+    if stop is not None:
+        if not isinstance(stop, str | list):
+            raise InvalidRequest(
+                "parameters.stop", f"must be a string or a list of strings, got {json_type_name(stop)}"
+            )
+        for index, item in enumerate(stop if isinstance(stop, list) else ()):
+            if not isinstance(item, str):
+                raise InvalidRequest(f"parameters.stop[{index}]", f"must be a string, got {json_type_name(item)}")
+        options["stop"] = stop
+    response_format = parameters.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            raise InvalidRequest(
+                "parameters.response_format", f"must be an object, got {json_type_name(response_format)}"
+            )
+        options["response_format"] = response_format
+    return options
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _usage(usage: object) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get(key) for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
+    prompt, completion, total = (count if isinstance(count, int) else 0 for count in counts)
+    return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total or prompt + completion)
+
+
+def _retry_after(call: UpstreamCall) -> float | None:
+    """Seconds from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds; HTTP dates are ignored)."""
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = call.header(header)
+        if value:
+            with contextlib.suppress(ValueError):
+                seconds = float(value) * scale
+                if seconds >= 0:
+                    return seconds
+    return None
+
+
+async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
+    """Read to the end of the body so the connection can be reused."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in events:
+                pass
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def openai_error(
+    status: int | None,
+    error: object,
+    *,
+    service: str,
+    fallback_message: str,
+    log_id: str = "",
+    retry_after_seconds: float | None = None,
+    secret: str = "",
+) -> UpstreamError:
+    """The typed error for an HTTP status and/or an OpenAI error object ``{"message", "type", "code"}``.
+
+    ``status`` is None for an error object that arrived without one (inside a stream);
+    its code or type then stands for a status, and anything unrecognised counts as a 5xx.
+    """
+    details: Mapping[str, Any] = error if isinstance(error, dict) else {}
+    code = str(details.get("code") or "")
+    kind = str(details.get("type") or "")
+    text = _redact(str(details.get("message") or "") or (error if isinstance(error, str) else ""), secret)
+    message = f"service {service!r}: {fallback_message}" + (f": {text}" if text else "")
+    if status is None:
+        status = _status_of_error_object(code, kind)
+    facts: dict[str, Any] = {
+        "provider": PROVIDER,
+        "upstream_code": code or kind or (str(status) if status else ""),
+        "log_id": log_id,
+    }
+    if status in (401, 403):
+        return UpstreamAuthError(f"{message}. Check the API key of service {service!r}", **facts)
+    if status == 404:
+        return UpstreamNotFound(message, **facts)
+    if status in (400, 422):
+        return UpstreamInvalidRequest(message, **facts)
+    if status == 429:
+        return UpstreamRateLimited(message, retry_after_seconds=retry_after_seconds, **facts)
+    if status is None or status >= 500:
+        return UpstreamUnavailable(message, **facts)
+    if status >= 400:
+        return UpstreamRejected(message, **facts)
+    return UpstreamError(message, **facts)
+
+
+def _status_of_error_object(code: str, kind: str) -> int | None:
+    # Some servers (vLLM, OpenRouter) put the HTTP status itself in `code`.
+    if code.isdigit() and 400 <= int(code) < 600:
+        return int(code)
+    return _STATUS_BY_ERROR_CODE.get(code) or _STATUS_BY_ERROR_CODE.get(kind)
+
+
+def _redact(text: str, secret: str) -> str:
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("sk-[redacted]", text)
+
+
+@contextlib.contextmanager
+def _map_transport_errors(call: UpstreamCall) -> Iterator[None]:
+    """Translate httpx's exceptions into the gateway's error tree."""
+    try:
+        yield
+    except httpx.TimeoutException as error:
+        raise UpstreamTimeout(
+            f"the upstream did not answer in time ({type(error).__name__})",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
+        ) from error
+    except (httpx.TransportError, httpx.DecodingError) as error:
+        raise UpstreamUnavailable(
+            f"the upstream is unreachable or broke the connection ({type(error).__name__})",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
+        ) from error

@@ -1,0 +1,166 @@
+"""CallGuard on its own: timeouts, retries only before the first event, and load shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+
+import pytest
+
+from providers.errors import (
+    Overloaded,
+    UpstreamAuthError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from providers.guard import CallGuard, CallPolicy
+
+
+class _Upstream:
+    """A scripted upstream: each attempt fails or yields, and records whether it was closed."""
+
+    def __init__(self, *attempts: list[object]) -> None:
+        self.attempts = list(attempts)
+        self.opened = 0
+        self.closed = 0
+
+    async def stream(self) -> AsyncGenerator[str, None]:
+        script = self.attempts[self.opened]
+        self.opened += 1
+        try:
+            for step in script:
+                if isinstance(step, BaseException):
+                    raise step
+                if isinstance(step, float):
+                    await asyncio.sleep(step)
+                    continue
+                yield str(step)
+        finally:
+            self.closed += 1
+
+
+def _unavailable() -> UpstreamUnavailable:
+    return UpstreamUnavailable("502", provider="test", upstream_code="502")
+
+
+async def _collect(guard: CallGuard, upstream: _Upstream, deadline: float | None = None) -> list[str]:
+    return [event async for event in guard.stream(upstream.stream, deadline)]
+
+
+FAST = CallPolicy(backoff_initial=0.001, backoff_max=0.002)
+
+
+async def test_a_transient_failure_before_the_first_event_is_retried() -> None:
+    upstream = _Upstream([_unavailable()], [_unavailable()], ["a", "b"])
+    assert await _collect(CallGuard("s", FAST), upstream) == ["a", "b"]
+    assert (upstream.opened, upstream.closed) == (3, 3)
+
+
+async def test_attempts_are_limited() -> None:
+    upstream = _Upstream([_unavailable()], [_unavailable()], [_unavailable()], ["never"])
+    with pytest.raises(UpstreamUnavailable):
+        await _collect(CallGuard("s", FAST), upstream)
+    assert upstream.opened == FAST.max_attempts
+
+
+async def test_a_failure_after_the_first_event_is_never_retried() -> None:
+    upstream = _Upstream(["a", _unavailable()], ["a", "b"])
+    received: list[str] = []
+    with pytest.raises(UpstreamUnavailable):
+        async for event in CallGuard("s", FAST).stream(upstream.stream, None):
+            received.append(event)
+    assert received == ["a"], "a retry would repeat text the caller already has"
+    assert upstream.opened == 1
+
+
+async def test_failures_retrying_cannot_fix_are_not_retried() -> None:
+    upstream = _Upstream([UpstreamAuthError("401", provider="test")], ["a"])
+    with pytest.raises(UpstreamAuthError):
+        await _collect(CallGuard("s", FAST), upstream)
+    assert upstream.opened == 1
+
+
+@pytest.mark.parametrize(("retry_after", "retried"), [(0.01, True), (5.0, False), (None, False)])
+async def test_rate_limits_are_retried_only_after_a_short_retry_after(retry_after: float | None, retried: bool) -> None:
+    limited = UpstreamRateLimited("429", provider="test", retry_after_seconds=retry_after)
+    upstream = _Upstream([limited], ["ok"])
+    if retried:
+        assert await _collect(CallGuard("s", FAST), upstream) == ["ok"]
+    else:
+        with pytest.raises(UpstreamRateLimited):
+            await _collect(CallGuard("s", FAST), upstream)
+    assert upstream.opened == (2 if retried else 1)
+
+
+async def test_no_retry_when_the_backoff_would_pass_the_deadline() -> None:
+    policy = CallPolicy(backoff_initial=10.0, backoff_max=10.0)
+    upstream = _Upstream([UpstreamRateLimited("429", provider="t", retry_after_seconds=1.0)], ["ok"])
+    with pytest.raises(UpstreamRateLimited):
+        await _collect(CallGuard("s", policy), upstream, deadline=time.monotonic() + 0.5)
+    assert upstream.opened == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "script", "what"),
+    [
+        (CallPolicy(first_event_timeout=0.05), [1.0, "late"], "the first event"),
+        (CallPolicy(idle_timeout=0.05), ["a", 1.0, "late"], "the next event"),
+        (CallPolicy(total_timeout=0.15), ["a", 0.1, "b", 0.1, "c"], "the whole call"),
+    ],
+)
+async def test_timeouts_end_the_call_and_close_the_upstream(
+    policy: CallPolicy, script: list[object], what: str
+) -> None:
+    upstream = _Upstream(script)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match=what):
+        await _collect(CallGuard("s", policy), upstream)
+    assert time.monotonic() - started < 0.9
+    assert upstream.closed == 1
+
+
+async def test_a_full_service_refuses_at_once_and_frees_its_slots() -> None:
+    guard = CallGuard("s", CallPolicy(max_concurrency=2))
+    gate = asyncio.Event()
+
+    async def slow() -> AsyncGenerator[str, None]:
+        await gate.wait()
+        yield "done"
+
+    first = asyncio.create_task(_drain(guard.stream(slow, None)))
+    second = asyncio.create_task(_drain(guard.stream(slow, None)))
+    await asyncio.sleep(0.01)
+    assert guard.running == 2
+    with pytest.raises(Overloaded, match="limit of 2"):
+        await _drain(guard.stream(slow, None))
+    gate.set()
+    assert await first == ["done"] and await second == ["done"]
+    assert guard.running == 0
+    assert await _drain(guard.stream(slow, None)) == ["done"]
+
+
+async def _drain(events: AsyncGenerator[str, None]) -> list[str]:
+    return [event async for event in events]
+
+
+async def test_unary_calls_are_retried_and_bounded() -> None:
+    attempts = 0
+
+    async def flaky() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise _unavailable()
+        return "answer"
+
+    assert await CallGuard("s", FAST).call(flaky, None) == "answer"
+    assert attempts == 3
+
+    async def stuck() -> str:
+        await asyncio.sleep(5)
+        return "never"
+
+    with pytest.raises(UpstreamTimeout, match="the answer"):
+        await CallGuard("s", CallPolicy(first_event_timeout=0.05)).call(stuck, None)

@@ -1,0 +1,162 @@
+"""Services declared in the AIP_CONFIG file, and provider plugins installed as packages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from server.app import start_server
+from server.services import build_registry
+from server.settings import ConfigError, GatewaySettings, Settings, load_service_file
+from tests.conftest import ENVIRONMENT_PREFIXES, make_settings
+from tests.fakes import coze as fake
+from tests.fakes.coze import FakeCoze
+
+HI = [pb.ChatMessage(role="user", content="hello")]
+
+
+def _settings_with_file(tmp_path: Path, text: str, fake_coze: FakeCoze | None = None, **variables: str) -> Settings:
+    path = tmp_path / "services.toml"
+    path.write_text(text, encoding="utf-8")
+    settings = make_settings(fake_coze)
+    settings.file_services = load_service_file(path, variables, settings.gateway)
+    return settings
+
+
+async def _stub_for(settings: Settings) -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
+    server = await start_server(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield pb_grpc.AIPlatformServiceStub(channel)
+    finally:
+        await server.stop(0)
+
+
+async def test_a_second_coze_bot_with_its_own_default_and_token(tmp_path: Path, fake_coze: FakeCoze) -> None:
+    settings = _settings_with_file(
+        tmp_path,
+        f"""
+        [services.coze_support]
+        provider = "coze"
+        description = "Support bot"
+        base_url = "{fake_coze.base_url}"
+        api_key_env = "SUPPORT_COZE_TOKEN"
+        default_bot_id = "bot-support"
+        """,
+        SUPPORT_COZE_TOKEN=fake_coze.token,
+    )
+    async for stub in _stub_for(settings):
+        listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
+        support = listed["coze_support"]
+        assert (support.type, support.provider, support.ready, support.description) == (
+            "chat",
+            "coze",
+            True,
+            "Support bot",
+        )
+        assert "coze" in listed and "echo" in listed, "the environment's services stay"
+        answer = await stub.Chat(pb.ChatRequest(service_name="coze_support", messages=HI))
+    assert answer.content == fake.DEFAULT_ANSWER
+    assert fake_coze.requests[-1].json["bot_id"] == "bot-support"
+
+
+async def test_a_service_whose_key_variable_is_unset_is_listed_not_ready(tmp_path: Path) -> None:
+    settings = _settings_with_file(
+        tmp_path,
+        """
+        [services.deepseek]
+        provider = "openai"
+        base_url = "https://api.deepseek.com/v1"
+        api_key_env = "DEEPSEEK_API_KEY"
+        default_model = "deepseek-chat"
+        """,
+    )
+    async for stub in _stub_for(settings):
+        listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
+        assert not listed["deepseek"].ready
+        assert listed["deepseek"].not_ready_reason
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Chat(pb.ChatRequest(service_name="deepseek", messages=HI))
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_plugin_provider_serves_calls_after_one_line_of_config(tmp_path: Path) -> None:
+    settings = _settings_with_file(
+        tmp_path,
+        """
+        [services.mirror]
+        provider = "reverse"   # registered by the aiplatform-reverse-plugin package
+        options = { upper = true }
+        """,
+    )
+    async for stub in _stub_for(settings):
+        listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
+        assert (listed["mirror"].provider, listed["mirror"].ready) == ("reverse", True)
+        chunks = [
+            chunk.delta async for chunk in stub.StreamChat(pb.StreamChatRequest(service_name="mirror", messages=HI))
+        ]
+    assert "".join(chunks) == "OLLEH"
+
+
+def test_a_file_service_replaces_a_built_in_one_of_the_same_name(tmp_path: Path) -> None:
+    settings = _settings_with_file(tmp_path, '[services.echo]\nprovider = "reverse"\n')
+    registry = build_registry(settings)
+    (echo,) = [service for service in registry.list() if service.name == "echo"]
+    assert echo.provider == "reverse"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[services.x]\nprovider = "nope"\n', "service 'x': unknown provider 'nope' (available: coze, coze_workflow, "),
+        ('[services.x]\nprovider = "coze"\napi_key = "pat_secret"\n', "services.x: 'api_key' looks like a secret"),
+        ('[services.x]\nprovider = "coze"\nbase_url = "api.coze.cn"\n', "services.x.base_url: must be an http(s) URL"),
+        (
+            '[services.x]\nprovider = "coze"\nidle_timeout_seconds = 0\n',
+            "services.x.idle_timeout_seconds: Input should be greater than 0",
+        ),
+        ('[services.x]\nprovider = "coze"\ncolour = "blue"\n', "services.x.colour: Extra inputs are not permitted"),
+        ('[services.x]\ndescription = "no provider"\n', "services.x.provider: Field required"),
+        ('[services."bad name"]\nprovider = "echo"\n', "services.bad name: a service name is"),
+        ("[services.x\n", "not valid TOML"),
+    ],
+)
+def test_an_invalid_file_is_refused_naming_the_service_and_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_registry(_settings_with_file(tmp_path, text))
+    assert message in str(raised.value)
+    assert "pat_secret" not in str(raised.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_service_file(tmp_path / "absent.toml", {}, GatewaySettings(_env_file=None))  # type: ignore[call-arg]
+
+
+async def test_the_gateway_stops_with_one_line_for_an_invalid_file(tmp_path: Path) -> None:
+    config = tmp_path / "services.toml"
+    config.write_text('[services.x]\nprovider = "nope"\n')
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
+    env.update(AIP_ADDRESS="127.0.0.1:0", AIP_CONFIG=str(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 1
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("aiplatform: AIP_CONFIG: service 'x': unknown provider 'nope'")

@@ -1,0 +1,605 @@
+"""The OpenAI-compatible chat service end to end (gRPC in, a fake upstream on 127.0.0.1), and its provider alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import struct_pb2
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from providers.base import ChatInput, FinishReason, Message, TextDelta
+from providers.errors import (
+    InvalidRequest,
+    ServiceNotReady,
+    UpstreamAuthError,
+    UpstreamInvalidRequest,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from providers.openai import OpenAIChatService
+from providers.registry import ServiceRegistry
+from server.app import start_server
+from tests.conftest import error_details, make_settings
+from tests.fakes import openai as fake
+from tests.fakes.openai import FakeOpenAI
+
+HI = [pb.ChatMessage(role="user", content="hi")]
+COMPLETIONS_PATH = "/v1/chat/completions"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible API on 127.0.0.1."""
+    async with FakeOpenAI() as upstream:
+        yield upstream
+
+
+def _service(upstream: FakeOpenAI, **options: Any) -> OpenAIChatService:
+    options.setdefault("api_key", upstream.api_key)
+    options.setdefault("default_model", fake.MODEL_NORMAL)
+    return OpenAIChatService("openai", base_url=upstream.base_url, **options)
+
+
+class _serving:
+    """A real gateway serving one OpenAI-compatible service, and a stub to it."""
+
+    def __init__(self, service: OpenAIChatService) -> None:
+        self._service = service
+
+    async def __aenter__(self) -> pb_grpc.AIPlatformServiceStub:
+        self._server = await start_server(make_settings(None), ServiceRegistry([self._service]))
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self._server.port}")
+        return pb_grpc.AIPlatformServiceStub(self._channel)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._channel.close()
+        await self._server.stop(0)
+
+
+@pytest.fixture
+async def stub(fake_openai: FakeOpenAI) -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
+    """A stub to a gateway whose `openai` service talks to the fake (default model gpt-fake)."""
+    async with _serving(_service(fake_openai)) as gateway_stub:
+        yield gateway_stub
+
+
+def _parameters(**values: Any) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def _stream_request(model: str | None = None, **fields: Any) -> pb.StreamChatRequest:
+    fields.setdefault("messages", HI)
+    parameters = _parameters(model=model) if model else _parameters()
+    return pb.StreamChatRequest(service_name="openai", parameters=parameters, **fields)
+
+
+def _chat_request(model: str | None = None, **fields: Any) -> pb.ChatRequest:
+    fields.setdefault("messages", HI)
+    parameters = _parameters(model=model) if model else _parameters()
+    return pb.ChatRequest(service_name="openai", parameters=parameters, **fields)
+
+
+async def _collect(call: Any) -> tuple[list[pb.StreamChatResponse], grpc.aio.AioRpcError | None]:
+    """Every message of a stream, and the error it ended with (None when OK)."""
+    received: list[pb.StreamChatResponse] = []
+    try:
+        async for response in call:
+            received.append(response)
+    except grpc.aio.AioRpcError as error:
+        return received, error
+    return received, None
+
+
+async def _unary_error(call: Any) -> grpc.aio.AioRpcError | None:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    return None
+
+
+def _first_pieces(count: int, answer: str = fake.DEFAULT_ANSWER) -> list[str]:
+    return fake.split_answer(answer)[:count]
+
+
+def _trailing_bytes(error: grpc.aio.AioRpcError) -> bytes:
+    return b"".join(
+        value if isinstance(value, bytes) else value.encode() for _, value in error.trailing_metadata() or ()
+    )
+
+
+# --- the normal answer ------------------------------------------------------------------------
+
+
+async def test_stream_chat_relays_each_delta_and_ends_with_usage(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    responses, error = await _collect(stub.StreamChat(_stream_request()))
+
+    assert error is None
+    deltas = [response.delta for response in responses[:-1]]
+    assert deltas == fake.split_answer(fake.DEFAULT_ANSWER), "each upstream delta is relayed as it came"
+    final = responses[-1]
+    assert final.finish_reason == pb.FINISH_REASON_STOP
+    assert (final.usage.input_tokens, final.usage.output_tokens, final.usage.total_tokens) == (
+        fake.PROMPT_TOKENS,
+        fake.COMPLETION_TOKENS,
+        fake.TOTAL_TOKENS,
+    )
+    (sent,) = fake_openai.requests
+    assert final.chat_id == sent.completion_id
+
+
+async def test_stream_request_carries_key_model_messages_and_include_usage(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    messages = [
+        pb.ChatMessage(role="system", content="You are terse."),
+        pb.ChatMessage(role="user", content="第一问"),
+        pb.ChatMessage(role="assistant", content="第一答"),
+        pb.ChatMessage(role="user", content="第二问"),
+    ]
+    _, error = await _collect(stub.StreamChat(_stream_request(messages=messages)))
+
+    assert error is None
+    (sent,) = fake_openai.requests
+    assert (sent.method, sent.path) == ("POST", COMPLETIONS_PATH)
+    assert sent.headers["authorization"] == f"Bearer {fake_openai.api_key}"
+    assert sent.json == {
+        "model": fake.MODEL_NORMAL,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "第一问"},
+            {"role": "assistant", "content": "第一答"},
+            {"role": "user", "content": "第二问"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def test_chat_is_one_non_streaming_request(stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI) -> None:
+    response = await stub.Chat(_chat_request())
+
+    assert response.content == fake.DEFAULT_ANSWER
+    assert response.finish_reason == pb.FINISH_REASON_STOP
+    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
+        fake.PROMPT_TOKENS,
+        fake.COMPLETION_TOKENS,
+        fake.TOTAL_TOKENS,
+    )
+    (sent,) = fake_openai.requests
+    assert response.chat_id == sent.completion_id
+    assert sent.json["stream"] is False
+    assert "stream_options" not in sent.json
+
+
+async def test_reasoning_goes_to_reasoning_delta(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_REASONING)))
+    assert error is None
+    reasoning = [response.reasoning_delta for response in responses if response.reasoning_delta]
+    assert reasoning == list(fake.REASONING_PIECES)
+    assert "".join(response.delta for response in responses) == fake.DEFAULT_ANSWER
+    first_text = next(index for index, response in enumerate(responses) if response.delta)
+    assert all(response.reasoning_delta for response in responses[:first_text]), "reasoning comes first"
+
+    whole = await stub.Chat(_chat_request(fake.MODEL_REASONING))
+    assert (whole.reasoning, whole.content) == ("".join(fake.REASONING_PIECES), fake.DEFAULT_ANSWER)
+
+
+async def test_options_are_forwarded_in_their_json_types(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    request = _stream_request()
+    request.parameters.update(
+        {
+            "max_tokens": 256,
+            "seed": 7,
+            "temperature": 0.2,
+            "top_p": 1,
+            "presence_penalty": -0.5,
+            "frequency_penalty": 0.25,
+            "stop": ["\n\n", "END"],
+            "response_format": {"type": "json_object"},
+        }
+    )
+    _, error = await _collect(stub.StreamChat(request))
+
+    assert error is None
+    sent = fake_openai.requests[-1].json
+    # The fake parsed the raw JSON: an int here means the wire said 256, not 256.0.
+    assert type(sent["max_tokens"]) is int and sent["max_tokens"] == 256
+    assert type(sent["seed"]) is int and sent["seed"] == 7
+    assert type(sent["temperature"]) is float and sent["temperature"] == 0.2
+    assert sent["top_p"] == 1
+    assert (sent["presence_penalty"], sent["frequency_penalty"]) == (-0.5, 0.25)
+    assert sent["stop"] == ["\n\n", "END"]
+    assert sent["response_format"] == {"type": "json_object"}
+
+
+async def test_unknown_option_is_rejected_naming_the_key(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    request = _stream_request()
+    request.parameters.update({"top_k": 40})
+    _, error = await _collect(stub.StreamChat(request))
+
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters.top_k" in (error.details() or "")
+    violation = error_details(error)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+    assert violation.field == "parameters.top_k"
+    assert fake_openai.requests == [], "nothing reaches the upstream"
+
+
+async def test_model_parameter_overrides_the_default(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    await stub.Chat(_chat_request())
+    await stub.Chat(_chat_request("gpt-other"))
+    assert [request.json["model"] for request in fake_openai.requests] == [fake.MODEL_NORMAL, "gpt-other"]
+
+
+async def test_length_limit_is_the_finish_reason(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_LENGTH)))
+    assert error is None
+    assert responses[-1].finish_reason == pb.FINISH_REASON_LENGTH
+
+    whole = await stub.Chat(_chat_request(fake.MODEL_LENGTH))
+    assert whole.finish_reason == pb.FINISH_REASON_LENGTH
+
+
+async def test_split_utf8_characters_arrive_whole(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_SPLIT_UTF8)))
+    assert error is None
+    assert "".join(response.delta for response in responses) == fake.SPLIT_UTF8_ANSWER
+
+
+async def test_calls_reuse_one_pooled_connection(stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI) -> None:
+    for _ in range(2):
+        _, error = await _collect(stub.StreamChat(_stream_request()))
+        assert error is None
+    await stub.Chat(_chat_request())
+    ports = {request.client_port for request in fake_openai.requests}
+    assert len(ports) == 1, "a finished stream returns its connection to the pool"
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "reason", "upstream_code"),
+    [
+        (fake.MODEL_BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_REQUEST", "invalid_request_error"),
+        (fake.MODEL_MISSING, grpc.StatusCode.NOT_FOUND, "UPSTREAM_NOT_FOUND", "model_not_found"),
+        (fake.MODEL_RATE_LIMITED, grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", "rate_limit_exceeded"),
+        (fake.MODEL_SERVER_ERROR, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "server_error"),
+    ],
+)
+async def test_http_errors_map_to_statuses(
+    stub: pb_grpc.AIPlatformServiceStub,
+    fake_openai: FakeOpenAI,
+    model: str,
+    code: grpc.StatusCode,
+    reason: str,
+    upstream_code: str,
+) -> None:
+    responses, stream_error = await _collect(stub.StreamChat(_stream_request(model)))
+    assert responses == []
+    stream_request_id = fake_openai.requests[-1].request_id
+    unary_error = await _unary_error(stub.Chat(_chat_request(model)))
+    unary_request_id = fake_openai.requests[-1].request_id
+
+    for error, request_id in ((stream_error, stream_request_id), (unary_error, unary_request_id)):
+        assert error is not None and error.code() == code
+        assert f"logid={request_id}" in (error.details() or "")
+        info = error_details(error)["ErrorInfo"]
+        assert info.reason == reason  # type: ignore[attr-defined]
+        assert dict(info.metadata) == {"provider": "openai", "upstream_code": upstream_code, "log_id": request_id}  # type: ignore[attr-defined]
+
+
+async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_RATE_LIMITED)))
+    assert error is not None
+    assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+
+
+async def test_missing_model_message_comes_from_the_upstream(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_MISSING)))
+    assert error is not None
+    assert f"The model `{fake.MODEL_MISSING}` does not exist" in (error.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("model", "pieces", "fragment"),
+    [
+        (fake.MODEL_CUT, 2, "broke the connection"),
+        (fake.MODEL_NO_DONE, len(fake.split_answer(fake.DEFAULT_ANSWER)), "[DONE]"),
+        (fake.MODEL_ERROR_IN_STREAM, 2, "overloaded"),
+        (fake.MODEL_MALFORMED, 2, "malformed"),
+    ],
+)
+async def test_unfinished_streams_deliver_their_chunks_then_fail(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI, model: str, pieces: int, fragment: str
+) -> None:
+    responses, error = await _collect(stub.StreamChat(_stream_request(model)))
+
+    assert [response.delta for response in responses] == _first_pieces(pieces)
+    assert all(response.finish_reason == pb.FINISH_REASON_UNSPECIFIED for response in responses)
+    assert error is not None, "a stream the upstream did not finish must not end OK"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert fragment in (error.details() or "")
+    assert f"logid={fake_openai.requests[-1].request_id}" in (error.details() or "")
+
+
+async def test_error_in_stream_keeps_the_upstream_type_as_code(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_ERROR_IN_STREAM)))
+    assert error is not None
+    info = error_details(error)["ErrorInfo"]
+    assert (info.reason, info.metadata["upstream_code"]) == ("UPSTREAM_UNAVAILABLE", "server_error")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", [fake.MODEL_CUT, fake.MODEL_MALFORMED, fake.MODEL_ERROR_IN_STREAM])
+async def test_broken_whole_answers_are_unavailable(stub: pb_grpc.AIPlatformServiceStub, model: str) -> None:
+    error = await _unary_error(stub.Chat(_chat_request(model)))
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_wrong_key_is_the_gateways_configuration_and_never_leaks(fake_openai: FakeOpenAI) -> None:
+    wrong_key = "sk-wrong-key-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    async with _serving(_service(fake_openai, api_key=wrong_key)) as stub:
+        _, stream_error = await _collect(stub.StreamChat(_stream_request()))
+        unary_error = await _unary_error(stub.Chat(_chat_request()))
+    for error in (stream_error, unary_error):
+        assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_details(error)["ErrorInfo"].reason == "UPSTREAM_AUTH_FAILED"  # type: ignore[attr-defined]
+        assert "API key" in (error.details() or "")
+        assert wrong_key not in (error.details() or "")
+        assert wrong_key.encode() not in _trailing_bytes(error)
+
+
+async def test_without_a_key_the_service_is_not_ready(fake_openai: FakeOpenAI) -> None:
+    async with _serving(_service(fake_openai, api_key=None)) as stub:
+        (info,) = (await stub.ListServices(pb.ListServicesRequest())).services
+        _, error = await _collect(stub.StreamChat(_stream_request()))
+    assert (info.name, info.provider, info.ready) == ("openai", "openai", False)
+    assert "no API key" in info.not_ready_reason
+    assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(error)["ErrorInfo"].reason == "SERVICE_NOT_READY"  # type: ignore[attr-defined]
+    assert fake_openai.requests == []
+
+
+async def test_unreachable_upstream_is_unavailable(fake_openai: FakeOpenAI) -> None:
+    service = _service(fake_openai)
+    await fake_openai.stop()  # nothing listens on its port any more
+    async with _serving(service) as stub:
+        _, error = await _collect(stub.StreamChat(_stream_request()))
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- cancellation and deadlines ----------------------------------------------------------------
+
+
+async def test_cancelled_stream_closes_the_upstream_connection(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    call = stub.StreamChat(_stream_request(fake.MODEL_STALL))
+    received = [await call.read(), await call.read()]
+    assert [response.delta for response in received] == _first_pieces(2)
+
+    cancelled_at = time.monotonic()
+    call.cancel()
+    disconnect = await fake_openai.wait_for_disconnect(timeout=2.0)
+
+    assert disconnect.scenario == fake.MODEL_STALL
+    assert disconnect.time - cancelled_at < 1.0
+    await _until(lambda: fake_openai.open_streams == 0)
+
+
+@pytest.mark.parametrize("rpc", ["StreamChat", "Chat"])
+async def test_deadline_bounds_a_stalled_upstream_and_closes_it(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI, rpc: str
+) -> None:
+    started = time.monotonic()
+    if rpc == "StreamChat":
+        _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_STALL), timeout=0.5))
+    else:
+        error = await _unary_error(stub.Chat(_chat_request(fake.MODEL_STALL), timeout=0.5))
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    disconnect = await fake_openai.wait_for_disconnect(timeout=2.0)
+    assert disconnect.time - started < 1.5
+
+
+# --- the provider alone -----------------------------------------------------------------------
+
+
+def _input(**parameters: Any) -> ChatInput:
+    return ChatInput(messages=(Message("user", "hi"),), parameters=parameters)
+
+
+def _offline_service(**options: Any) -> OpenAIChatService:
+    """A service whose upstream is never reached (validation fails first)."""
+    options.setdefault("api_key", "sk-unused")
+    return OpenAIChatService("openai", base_url="http://127.0.0.1:9/v1", **options)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({}, "parameters.model"),  # no default model either
+        ({"model": 4}, "parameters.model"),
+        ({"model": "m", "temperature": "hot"}, "parameters.temperature"),
+        ({"model": "m", "top_p": True}, "parameters.top_p"),
+        ({"model": "m", "max_tokens": 2.5}, "parameters.max_tokens"),
+        ({"model": "m", "max_tokens": 0}, "parameters.max_tokens"),
+        ({"model": "m", "seed": "7"}, "parameters.seed"),
+        ({"model": "m", "stop": ["ok", 3]}, "parameters.stop[1]"),
+        ({"model": "m", "stop": 3}, "parameters.stop"),
+        ({"model": "m", "response_format": "json"}, "parameters.response_format"),
+        ({"model": "m", "n": 2}, "parameters.n"),
+    ],
+)
+async def test_invalid_parameters_are_rejected_before_any_request(parameters: dict[str, Any], field: str) -> None:
+    service = _offline_service()
+    try:
+        with pytest.raises(InvalidRequest) as caught:
+            await service.chat(_input(**parameters))
+        assert caught.value.field == field
+        with pytest.raises(InvalidRequest):
+            async for _ in service.stream_chat(_input(**parameters)):
+                pass
+    finally:
+        await service.aclose()
+
+
+async def test_without_a_key_calls_raise_not_ready() -> None:
+    service = _offline_service(api_key="", default_model="m")
+    try:
+        assert service.not_ready_reason() == "no API key is configured"
+        with pytest.raises(ServiceNotReady):
+            await service.chat(_input())
+    finally:
+        await service.aclose()
+
+
+async def test_the_wiring_can_name_the_missing_key_variable() -> None:
+    service = _offline_service(api_key=None, default_model="m", missing_key_reason="DEEPSEEK_API_KEY is not set")
+    try:
+        assert service.not_ready_reason() == "DEEPSEEK_API_KEY is not set"
+        with pytest.raises(ServiceNotReady, match="DEEPSEEK_API_KEY is not set"):
+            async for _ in service.stream_chat(_input()):
+                pass
+    finally:
+        await service.aclose()
+
+
+def _sse(*events: object) -> bytes:
+    return b"".join(f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode() for event in events)
+
+
+async def _mocked(handler: Any, **options: Any) -> OpenAIChatService:
+    """A service whose HTTP client answers through ``handler`` (httpx.MockTransport), keeping its hooks."""
+    service = _offline_service(default_model="m", **options)
+    await service.aclose()
+    service._http = httpx.AsyncClient(transport=httpx.MockTransport(handler), event_hooks=service._http.event_hooks)
+    return service
+
+
+def _answering(body: bytes) -> Any:
+    """A MockTransport handler that answers every request with ``body`` as an event stream."""
+    return lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+async def _stream_events(service: OpenAIChatService) -> list[object]:
+    try:
+        return [event async for event in service.stream_chat(_input())]
+    finally:
+        await service.aclose()
+
+
+def _chunk(**choice: Any) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {}, "finish_reason": None, **choice}]}
+
+
+async def test_auth_errors_redact_keys_the_upstream_echoes() -> None:
+    key = "sk-secret-0123456789abcdef"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = f"Incorrect API key provided: {key}. Masked: sk-secr***cdef."
+        return httpx.Response(401, json={"error": {"message": message, "type": "invalid_request_error"}})
+
+    with pytest.raises(UpstreamAuthError) as caught:
+        await _stream_events(await _mocked(handler, api_key=key))
+    assert "Incorrect API key provided" in caught.value.message
+    assert key not in caught.value.message and "sk-secr" not in caught.value.message
+    assert caught.value.upstream_code == "invalid_request_error"
+
+
+async def test_chunks_without_choices_are_ignored_and_finish_reason_is_kept() -> None:
+    body = _sse(
+        {"id": "chatcmpl-1", "choices": [], "prompt_filter_results": []},  # Azure's first chunk
+        _chunk(delta={"content": "hi"}),
+        _chunk(finish_reason="tool_calls", unknown_field=1),
+        "[DONE]",
+    )
+    service = await _mocked(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    events = await _stream_events(service)
+    assert events[0] == TextDelta("hi")
+    assert events[-1].finish_reason == FinishReason.TOOL_CALLS  # type: ignore[attr-defined]
+    assert events[-1].usage is None  # type: ignore[attr-defined]
+
+
+async def test_done_without_a_finish_reason_is_a_broken_stream() -> None:
+    body = _sse(_chunk(delta={"content": "hi"}), "[DONE]")
+    service = await _mocked(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    with pytest.raises(UpstreamUnavailable, match="finish_reason"):
+        await _stream_events(service)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ({"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}, UpstreamRateLimited),
+        ({"message": "too long", "code": "context_length_exceeded"}, UpstreamInvalidRequest),
+        ({"message": "bad gateway", "code": 502}, UpstreamUnavailable),
+        ({"message": "who knows", "type": "mystery"}, UpstreamUnavailable),
+    ],
+)
+async def test_error_objects_in_a_stream_map_by_code(error: dict[str, Any], expected: type[Exception]) -> None:
+    body = _sse(_chunk(delta={"content": "hi"}), {"error": error})
+    service = await _mocked(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
+    with pytest.raises(expected):
+        await _stream_events(service)
+
+
+async def test_json_error_body_instead_of_a_stream_is_mapped() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"error": {"message": "quota", "code": "insufficient_quota"}})
+
+    with pytest.raises(UpstreamRateLimited, match="quota"):
+        await _stream_events(await _mocked(handler))
+
+
+async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: FakeOpenAI) -> None:
+    service = _service(fake_openai, read_timeout=0.2)
+    received: list[object] = []
+    try:
+        with pytest.raises(UpstreamTimeout):
+            async for event in service.stream_chat(ChatInput((Message("user", "hi"),), {"model": fake.MODEL_STALL})):
+                received.append(event)
+    finally:
+        await service.aclose()
+    assert received == [TextDelta(piece) for piece in _first_pieces(2)]
+    await fake_openai.wait_for_disconnect(timeout=2.0)
+
+
+async def test_aclose_closes_the_shared_client(fake_openai: FakeOpenAI) -> None:
+    service = _service(fake_openai)
+    await service.chat(_input())
+    await service.aclose()
+    assert service._http.is_closed
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _until(condition: Any, within: float = 2.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polling the fake's counter is simplest here
+            await asyncio.sleep(0.01)
