@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.registry import ServiceRegistry
+from server.convert import RequestLimits
 from server.interceptors import ErrorStatusInterceptor
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
@@ -22,12 +23,6 @@ from server.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AIPlatformService"].full_name
-
-_SERVER_OPTIONS = [
-    # grpc turns SO_REUSEPORT on by default, so a second gateway on a busy port
-    # would start silently and share the traffic; fail loudly instead.
-    ("grpc.so_reuseport", 0),
-]
 
 
 class AddressInUse(RuntimeError):
@@ -54,8 +49,20 @@ class GatewayServer:
 async def start_server(settings: Settings, registry: ServiceRegistry | None = None) -> GatewayServer:
     """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry."""
     registry = registry if registry is not None else build_registry(settings)
-    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=_SERVER_OPTIONS)
-    pb_grpc.add_AIPlatformServiceServicer_to_server(AIPlatformServicer(registry), server)
+    gateway = settings.gateway
+    options = [
+        # grpc turns SO_REUSEPORT on by default, so a second gateway on a busy port
+        # would start silently and share the traffic; fail loudly instead.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", gateway.max_receive_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=options)
+    limits = RequestLimits(
+        max_messages=gateway.max_messages,
+        max_message_bytes=gateway.max_message_bytes,
+        max_parameters_bytes=gateway.max_parameters_bytes,
+    )
+    pb_grpc.add_AIPlatformServiceServicer_to_server(AIPlatformServicer(registry, limits), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -64,7 +71,7 @@ async def start_server(settings: Settings, registry: ServiceRegistry | None = No
         server,
     )
 
-    address = settings.gateway.address
+    address = gateway.address
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as error:

@@ -7,6 +7,7 @@ provider-specific checks stay in the providers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -32,13 +33,27 @@ from providers.errors import InvalidRequest
 _ROLES = frozenset({"user", "assistant", "system"})
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """How large a request may be (the AIP_MAX_* settings); the messages name the setting."""
+
+    max_messages: int = 100
+    max_message_bytes: int = 256 * 1024
+    max_parameters_bytes: int = 64 * 1024
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
-def chat_input(request: pb.ChatRequest | pb.StreamChatRequest) -> ChatInput:
+def chat_input(request: pb.ChatRequest | pb.StreamChatRequest, limits: RequestLimits) -> ChatInput:
     """Validate a chat request and turn it into the providers' ChatInput."""
     if not request.messages:
         raise InvalidRequest("messages", "at least one message is required")
+    if len(request.messages) > limits.max_messages:
+        raise InvalidRequest(
+            "messages",
+            f"{len(request.messages)} messages is more than AIP_MAX_MESSAGES allows ({limits.max_messages})",
+        )
     messages = []
     for index, message in enumerate(request.messages):
         if message.role not in _ROLES:
@@ -47,37 +62,57 @@ def chat_input(request: pb.ChatRequest | pb.StreamChatRequest) -> ChatInput:
             )
         if not message.content:
             raise InvalidRequest(f"messages[{index}].content", "must not be empty")
+        _check_text_size(message.content, f"messages[{index}].content", limits)
         messages.append(Message(message.role, message.content))
     return ChatInput(
         messages=tuple(messages),
-        parameters=struct_to_dict(request.parameters, "parameters"),
+        parameters=_parameters(request.parameters, limits),
         user_id=request.user_id,
         conversation_id=request.conversation_id,
     )
 
 
-def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest) -> WorkflowInput:
+def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest, limits: RequestLimits) -> WorkflowInput:
     """Turn a workflow request into the providers' WorkflowInput."""
     return WorkflowInput(
         workflow_id=request.workflow_id,
-        parameters=struct_to_dict(request.parameters, "parameters"),
+        parameters=_parameters(request.parameters, limits),
         bot_id=request.bot_id,
         app_id=request.app_id,
     )
 
 
-def workflow_resume(request: pb.ResumeWorkflowRequest) -> WorkflowResume:
+def workflow_resume(request: pb.ResumeWorkflowRequest, limits: RequestLimits) -> WorkflowResume:
     """Validate a resume request and turn it into the providers' WorkflowResume."""
     if not request.event_id:
         raise InvalidRequest("event_id", "is required (the interrupt's event_id from StreamWorkflow)")
     if not request.resume_data:
         raise InvalidRequest("resume_data", "is required (the answer to what the interrupt asked for)")
+    _check_text_size(request.resume_data, "resume_data", limits)
     return WorkflowResume(
         event_id=request.event_id,
         resume_data=request.resume_data,
         interrupt_type=request.interrupt_type,
         workflow_id=request.workflow_id,
     )
+
+
+def _check_text_size(text: str, field: str, limits: RequestLimits) -> None:
+    # A character is at most 4 bytes in UTF-8: short texts need no encoding to be checked.
+    if len(text) * 4 > limits.max_message_bytes and len(text.encode()) > limits.max_message_bytes:
+        raise InvalidRequest(
+            field, f"is larger than AIP_MAX_MESSAGE_BYTES allows ({limits.max_message_bytes} bytes of UTF-8)"
+        )
+
+
+def _parameters(struct: struct_pb2.Struct, limits: RequestLimits) -> dict[str, Any]:
+    size = struct.ByteSize()
+    if size > limits.max_parameters_bytes:
+        raise InvalidRequest(
+            "parameters",
+            f"{size} bytes is more than AIP_MAX_PARAMETERS_BYTES allows ({limits.max_parameters_bytes})",
+        )
+    return struct_to_dict(struct, "parameters")
 
 
 def struct_to_dict(struct: struct_pb2.Struct, path: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Server interceptors: concerns that apply to every RPC, kept out of the servicer.
 
 ``ErrorStatusInterceptor`` turns any exception a handler raises into a defined
-status (see ``server/errors.py``). Later concerns (metrics, tracing, caller
-keys) go here as further interceptors.
+status (see ``server/errors.py``), and a request whose bytes are no valid message
+into INVALID_ARGUMENT (grpc would answer UNKNOWN and log a traceback). Later
+concerns (metrics, tracing, caller keys) go here as further interceptors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
+from providers.errors import InvalidRequest
 from server.errors import abort_with
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -30,10 +32,11 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -46,15 +49,41 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
                     if inspect.isasyncgenfunction(behavior)
                     else _unary(method, cast(Any, behavior))
                 ),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming handlers (reflection) map their own errors
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler can refuse it properly."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Undecodable(error)
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidRequest("request", f"the bytes are not a valid request message ({type(request.error).__name__})")
+
+
 def _unary(method: str, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            _check_decoded(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -68,6 +97,10 @@ def _server_stream(
     method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            _check_decoded(request)
+        except InvalidRequest as error:
+            await abort_with(context, method, error)
         responses = behavior(request, context)
         try:
             async for response in responses:

@@ -25,8 +25,9 @@ Context = grpc.aio.ServicerContext[object, object]
 class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
     """Implements the RPCs of AIPlatformService on top of a ServiceRegistry."""
 
-    def __init__(self, registry: ServiceRegistry) -> None:
+    def __init__(self, registry: ServiceRegistry, limits: convert.RequestLimits | None = None) -> None:
         self._registry = registry
+        self._limits = limits or convert.RequestLimits()
 
     async def ListServices(self, request: pb.ListServicesRequest, context: Context) -> pb.ListServicesResponse:
         return pb.ListServicesResponse(
@@ -35,13 +36,13 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
         service = self._registry.chat_service(request.service_name)
-        chat_input = convert.chat_input(request)
+        chat_input = convert.chat_input(request, self._limits)
         result = await self._registry.guard(service).call(lambda: service.chat(chat_input), _deadline(context))
         return convert.chat_response(result)
 
     async def StreamChat(self, request: pb.StreamChatRequest, context: Context) -> AsyncIterator[pb.StreamChatResponse]:
         service = self._registry.chat_service(request.service_name)
-        chat_input = convert.chat_input(request)
+        chat_input = convert.chat_input(request, self._limits)
         to_message = convert.stream_chat_response
         events = self._registry.guard(service).stream(lambda: service.stream_chat(chat_input), _deadline(context))
         # aclosing: the provider's clean-up (closing the upstream) runs in this task,
@@ -52,7 +53,7 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
 
     async def RunWorkflow(self, request: pb.RunWorkflowRequest, context: Context) -> pb.RunWorkflowResponse:
         service = self._registry.workflow_service(request.service_name)
-        workflow_input = convert.workflow_input(request)
+        workflow_input = convert.workflow_input(request, self._limits)
         guard = self._registry.guard(service)
         result = await guard.call(lambda: service.run_workflow(workflow_input), _deadline(context))
         return convert.run_workflow_response(result)
@@ -61,7 +62,7 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
         self, request: pb.StreamWorkflowRequest, context: Context
     ) -> AsyncIterator[pb.StreamWorkflowResponse]:
         service = self._registry.workflow_service(request.service_name)
-        workflow_input = convert.workflow_input(request)
+        workflow_input = convert.workflow_input(request, self._limits)
         events = self._registry.guard(service).stream(
             lambda: service.stream_workflow(workflow_input), _deadline(context)
         )
@@ -73,7 +74,7 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
         self, request: pb.ResumeWorkflowRequest, context: Context
     ) -> AsyncIterator[pb.ResumeWorkflowResponse]:
         service = self._registry.workflow_service(request.service_name)
-        resume = convert.workflow_resume(request)
+        resume = convert.workflow_resume(request, self._limits)
         events = self._registry.guard(service).stream(lambda: service.resume_workflow(resume), _deadline(context))
         async with contextlib.aclosing(events):
             async for event in events:

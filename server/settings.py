@@ -70,6 +70,12 @@ class GatewaySettings(BaseSettings):
     total_timeout_seconds: float = Field(600.0, gt=0, description="the whole upstream call")
     max_attempts: int = Field(3, ge=1, le=10, description="attempts for a transient failure before any output")
     max_concurrent_calls: int = Field(256, ge=1, description="calls in flight per service; more are refused")
+    max_messages: int = Field(100, ge=1, description="messages in one chat request")
+    max_message_bytes: int = Field(256 * 1024, ge=1, description="UTF-8 bytes of one message's content")
+    max_parameters_bytes: int = Field(64 * 1024, ge=1, description="encoded size of a request's parameters")
+    max_receive_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest gRPC request accepted at all (RESOURCE_EXHAUSTED above)"
+    )
 
     def service_defaults(self) -> dict[str, Any]:
         """The per-service limits every service starts from (the config file may override them)."""

@@ -205,3 +205,18 @@ async def test_a_stream_that_fails_part_way_delivers_its_chunks_then_a_non_ok_st
             assert raised.value.code() == grpc.StatusCode.INTERNAL
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize(("rpc", "streaming"), [("Chat", False), ("StreamChat", True), ("ListServices", False)])
+async def test_bytes_that_are_no_request_message_are_invalid_argument(
+    channel: grpc.aio.Channel, rpc: str, streaming: bool
+) -> None:
+    path = f"/aiplatform.v1.AIPlatformService/{rpc}"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        if streaming:
+            async for _ in channel.unary_stream(path)(b"\xff\xff\xff"):
+                pass
+        else:
+            await channel.unary_unary(path)(b"\xff\xff\xff")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith("request: the bytes are not a valid request message")

@@ -1,0 +1,161 @@
+"""Many services at once: one StreamChat call across providers, and a TOML file of several services."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aiplatform.v1 import aiplatform_pb2 as pb
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from server.app import start_server
+from server.settings import CozeSettings, OpenAISettings
+from tests.conftest import ENVIRONMENT_PREFIXES, make_settings
+from tests.fakes import coze as fake_coze_module
+from tests.fakes import openai as fake_openai_module
+from tests.fakes.coze import FakeCoze
+from tests.fakes.openai import FakeOpenAI
+
+QUESTION = "What day is it?"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.mark.parametrize(
+    ("service_name", "answer"),
+    [
+        ("echo", QUESTION),
+        ("coze", fake_coze_module.DEFAULT_ANSWER),
+        ("openai", fake_openai_module.DEFAULT_ANSWER),
+    ],
+)
+async def test_the_same_stream_chat_call_works_against_every_chat_provider(
+    fake_coze: FakeCoze, fake_openai: FakeOpenAI, service_name: str, answer: str
+) -> None:
+    """Only service_name changes: defaults (bot, model) come from the gateway's configuration."""
+    settings = make_settings(fake_coze)
+    settings.coze = CozeSettings(  # type: ignore[call-arg]
+        _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_bot_id="bot-default"
+    )
+    settings.openai = OpenAISettings(  # type: ignore[call-arg]
+        _env_file=None, api_key=fake_openai.api_key, base_url=fake_openai.base_url, default_model="gpt-fake"
+    )
+    server = await start_server(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AIPlatformServiceStub(channel)
+            request = pb.StreamChatRequest(
+                service_name=service_name, messages=[pb.ChatMessage(role="user", content=QUESTION)], user_id="u-1"
+            )
+            responses = [response async for response in stub.StreamChat(request)]
+    finally:
+        await server.stop(0)
+    assert len(responses) > 2
+    assert "".join(response.delta for response in responses) == answer
+    assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert responses[-1].usage.total_tokens > 0
+
+
+async def test_a_toml_file_of_three_services_of_two_providers(
+    tmp_path: Path, fake_coze: FakeCoze, fake_openai: FakeOpenAI
+) -> None:
+    """As an operator runs it: `python -m server` with AIP_CONFIG and the keys in the environment."""
+    async with FakeOpenAI(api_key="sk-second-fake-key-abcdefghij") as second_openai:
+        config = tmp_path / "services.toml"
+        config.write_text(
+            f"""
+            [services.deepseek]
+            provider = "openai"
+            description = "DeepSeek (fake)"
+            base_url = "{fake_openai.base_url}"
+            api_key_env = "DEEPSEEK_API_KEY"
+            default_model = "deepseek-chat"
+
+            [services.qwen]
+            provider = "openai"
+            description = "Qwen (fake)"
+            base_url = "{second_openai.base_url}"
+            api_key_env = "DASHSCOPE_API_KEY"
+            default_model = "qwen-plus"
+
+            [services.coze_support]
+            provider = "coze"
+            base_url = "{fake_coze.base_url}"
+            api_key_env = "COZE_SUPPORT_TOKEN"
+            default_bot_id = "bot-support"
+
+            [services.unconfigured]
+            provider = "openai"
+            api_key_env = "NOT_SET_ANYWHERE"
+            """,
+            encoding="utf-8",
+        )
+        env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
+        env.update(
+            AIP_ADDRESS="127.0.0.1:0",
+            AIP_CONFIG=str(config),
+            DEEPSEEK_API_KEY=fake_openai.api_key,
+            DASHSCOPE_API_KEY=second_openai.api_key,
+            COZE_SUPPORT_TOKEN=fake_coze.token,
+        )
+        env.pop("NOT_SET_ANYWHERE", None)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            port = await _listening_port(process)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.AIPlatformServiceStub(channel)
+                listed = {s.name: s for s in (await stub.ListServices(pb.ListServicesRequest())).services}
+                assert {
+                    name: (s.provider, s.ready)
+                    for name, s in listed.items()
+                    if name in ("deepseek", "qwen", "coze_support", "unconfigured")
+                } == {
+                    "deepseek": ("openai", True),
+                    "qwen": ("openai", True),
+                    "coze_support": ("coze", True),
+                    "unconfigured": ("openai", False),
+                }
+                assert "NOT_SET_ANYWHERE" in listed["unconfigured"].not_ready_reason
+                for name in ("deepseek", "qwen", "qwen", "coze_support"):
+                    await stub.Chat(
+                        pb.ChatRequest(service_name=name, messages=[pb.ChatMessage(role="user", content="hi")])
+                    )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 10) == 0
+    # Each service reached only its own upstream, with its own key and default.
+    assert [request.json["model"] for request in fake_openai.requests] == ["deepseek-chat"]
+    assert [request.json["model"] for request in second_openai.requests] == ["qwen-plus", "qwen-plus"]
+    assert all(
+        request.headers["authorization"] == f"Bearer {second_openai.api_key}" for request in second_openai.requests
+    )
+    assert [request.json["bot_id"] for request in fake_coze.requests] == ["bot-support"]
+
+
+async def _listening_port(process: asyncio.subprocess.Process) -> int:
+    assert process.stdout is not None
+    async with asyncio.timeout(20):
+        while line := await process.stdout.readline():
+            if match := re.search(rb"listening on 127\.0\.0\.1:(\d+)", line):
+                return int(match.group(1))
+    raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
+
