@@ -11,7 +11,14 @@ Every failed call raises ``AIPlatformError`` with the gRPC status code, message 
 from __future__ import annotations
 
 from clients._async import AsyncAIPlatformClient
-from clients._common import AIPlatformError, ChatCallback, MessageLike, Metadata, WorkflowCallback
+from clients._common import (
+    AIPlatformError,
+    ChatCallback,
+    MessageLike,
+    Metadata,
+    ResumeWorkflowCallback,
+    WorkflowCallback,
+)
 from clients._sync import AIPlatformClient
 
 __all__ = [
@@ -21,5 +28,6 @@ __all__ = [
     "ChatCallback",
     "MessageLike",
     "Metadata",
+    "ResumeWorkflowCallback",
     "WorkflowCallback",
 ]

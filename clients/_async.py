@@ -6,7 +6,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 
@@ -18,15 +18,16 @@ from clients._common import (
     ClientBase,
     MessageLike,
     Metadata,
+    ResumeWorkflowCallback,
+    StreamedT,
     Timeout,
     WorkflowCallback,
     chat_request,
     chunk_text,
     map_rpc_errors,
+    resume_request,
     workflow_request,
 )
-
-_ChunkT = TypeVar("_ChunkT", pb.StreamChatResponse, pb.StreamWorkflowResponse)
 
 
 class AsyncAIPlatformClient(ClientBase):
@@ -191,6 +192,52 @@ class AsyncAIPlatformClient(ClientBase):
         )
         return await _collect(events, callback)
 
+    def iter_resume_workflow(
+        self,
+        service_name: str,
+        *,
+        event_id: str,
+        resume_data: str,
+        interrupt_type: int,
+        workflow_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata | None = None,
+    ) -> AsyncGenerator[pb.ResumeWorkflowResponse, None]:
+        """Stream the rest of an interrupted workflow (``async for``); starts when iterated, ``aclose()`` cancels it.
+
+        ``event_id`` and ``interrupt_type`` are the interrupt's ``event_id`` and ``type``, unchanged;
+        ``resume_data`` answers what it asked for. The run may stop at a further interrupt, resumed the same way.
+        """
+        request = resume_request(service_name, workflow_id, event_id, resume_data, interrupt_type)
+        return self._stream(self._stub.ResumeWorkflow, request, timeout, metadata)
+
+    async def resume_workflow(
+        self,
+        service_name: str,
+        *,
+        event_id: str,
+        resume_data: str,
+        interrupt_type: int,
+        workflow_id: str = "",
+        callback: ResumeWorkflowCallback | None = None,
+        timeout: Timeout = UNSET,
+        metadata: Metadata | None = None,
+    ) -> str:
+        """Resume a workflow, calling ``callback(event, event.content, contents_so_far)``; return the contents.
+
+        Takes the arguments of ``iter_resume_workflow``; the callback may return an awaitable, as in ``stream_chat``.
+        """
+        events = self.iter_resume_workflow(
+            service_name,
+            event_id=event_id,
+            resume_data=resume_data,
+            interrupt_type=interrupt_type,
+            workflow_id=workflow_id,
+            timeout=timeout,
+            metadata=metadata,
+        )
+        return await _collect(events, callback)
+
     async def _stream(
         self, method: Callable[..., Any], request: Any, timeout: Timeout, metadata: Metadata | None
     ) -> AsyncGenerator[Any, None]:
@@ -205,7 +252,7 @@ class AsyncAIPlatformClient(ClientBase):
 
 
 async def _collect(
-    chunks: AsyncGenerator[_ChunkT, None], callback: Callable[[_ChunkT, str, str], object] | None
+    chunks: AsyncGenerator[StreamedT, None], callback: Callable[[StreamedT, str, str], object] | None
 ) -> str:
     full_text = ""
     # aclosing: a callback that raises cancels the call at once, not when the loop collects the generator.

@@ -26,9 +26,13 @@ Metadata: TypeAlias = Sequence[tuple[str, str | bytes]]
 ChatCallback: TypeAlias = Callable[[pb.StreamChatResponse, str, str], object]
 #: Called with each workflow event, its ``content``, and the contents so far.
 WorkflowCallback: TypeAlias = Callable[[pb.StreamWorkflowResponse, str, str], object]
+#: Called with each event of a resumed workflow, its ``content``, and the contents so far.
+ResumeWorkflowCallback: TypeAlias = Callable[[pb.ResumeWorkflowResponse, str, str], object]
 
 _ChatRequestT = TypeVar("_ChatRequestT", pb.ChatRequest, pb.StreamChatRequest)
 _WorkflowRequestT = TypeVar("_WorkflowRequestT", pb.RunWorkflowRequest, pb.StreamWorkflowRequest)
+#: A message of a server stream whose text the clients join (see ``chunk_text``).
+StreamedT = TypeVar("StreamedT", pb.StreamChatResponse, pb.StreamWorkflowResponse, pb.ResumeWorkflowResponse)
 
 # Struct keeps numbers as doubles, exact only up to 2**53; larger ints (19-digit Coze ids) would change.
 _MAX_EXACT_INTEGER = 2**53
@@ -163,6 +167,19 @@ def workflow_request(
     )
 
 
+def resume_request(
+    service_name: str, workflow_id: str, event_id: str, resume_data: str, interrupt_type: int
+) -> pb.ResumeWorkflowRequest:
+    """A ResumeWorkflowRequest from the clients' plain arguments."""
+    return pb.ResumeWorkflowRequest(
+        service_name=service_name,
+        workflow_id=workflow_id,
+        event_id=event_id,
+        resume_data=resume_data,
+        interrupt_type=interrupt_type,
+    )
+
+
 def to_messages(messages: Iterable[MessageLike]) -> list[pb.ChatMessage]:
     """Chat messages from dicts, ``(role, content)`` tuples or ``pb.ChatMessage``."""
     if isinstance(messages, str | Mapping):
@@ -235,6 +252,6 @@ def merge_metadata(base: Metadata, extra: Metadata | None) -> tuple[tuple[str, s
     return (*(item for item in base if item[0].lower() not in replaced), *extra)
 
 
-def chunk_text(chunk: pb.StreamChatResponse | pb.StreamWorkflowResponse) -> str:
-    """The text a streamed message adds: a chat ``delta`` or a workflow event's ``content``."""
+def chunk_text(chunk: pb.StreamChatResponse | pb.StreamWorkflowResponse | pb.ResumeWorkflowResponse) -> str:
+    """The text a streamed message adds: a chat ``delta`` or a (resumed) workflow event's ``content``."""
     return str(chunk.delta if isinstance(chunk, pb.StreamChatResponse) else chunk.content)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 
@@ -17,15 +17,16 @@ from clients._common import (
     ClientBase,
     MessageLike,
     Metadata,
+    ResumeWorkflowCallback,
+    StreamedT,
     Timeout,
     WorkflowCallback,
     chat_request,
     chunk_text,
     map_rpc_errors,
+    resume_request,
     workflow_request,
 )
-
-_ChunkT = TypeVar("_ChunkT", pb.StreamChatResponse, pb.StreamWorkflowResponse)
 
 
 class AIPlatformClient(ClientBase):
@@ -192,6 +193,52 @@ class AIPlatformClient(ClientBase):
         )
         return _collect(events, callback)
 
+    def iter_resume_workflow(
+        self,
+        service_name: str,
+        *,
+        event_id: str,
+        resume_data: str,
+        interrupt_type: int,
+        workflow_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata | None = None,
+    ) -> Generator[pb.ResumeWorkflowResponse, None, None]:
+        """Stream the rest of an interrupted workflow; the call starts on the first ``next()``, closing cancels it.
+
+        ``event_id`` and ``interrupt_type`` are the interrupt's ``event_id`` and ``type``, unchanged;
+        ``resume_data`` answers what it asked for. The run may stop at a further interrupt, resumed the same way.
+        """
+        request = resume_request(service_name, workflow_id, event_id, resume_data, interrupt_type)
+        return self._stream(self._stub.ResumeWorkflow, request, timeout, metadata)
+
+    def resume_workflow(
+        self,
+        service_name: str,
+        *,
+        event_id: str,
+        resume_data: str,
+        interrupt_type: int,
+        workflow_id: str = "",
+        callback: ResumeWorkflowCallback | None = None,
+        timeout: Timeout = UNSET,
+        metadata: Metadata | None = None,
+    ) -> str:
+        """Resume a workflow, calling ``callback(event, event.content, contents_so_far)``; return the contents.
+
+        Takes the arguments of ``iter_resume_workflow``.
+        """
+        events = self.iter_resume_workflow(
+            service_name,
+            event_id=event_id,
+            resume_data=resume_data,
+            interrupt_type=interrupt_type,
+            workflow_id=workflow_id,
+            timeout=timeout,
+            metadata=metadata,
+        )
+        return _collect(events, callback)
+
     def _stream(
         self, method: Callable[..., Any], request: Any, timeout: Timeout, metadata: Metadata | None
     ) -> Generator[Any, None, None]:
@@ -204,7 +251,7 @@ class AIPlatformClient(ClientBase):
             call.cancel()
 
 
-def _collect(chunks: Generator[_ChunkT, None, None], callback: Callable[[_ChunkT, str, str], object] | None) -> str:
+def _collect(chunks: Generator[StreamedT, None, None], callback: Callable[[StreamedT, str, str], object] | None) -> str:
     full_text = ""
     # closing: a callback that raises cancels the call at once instead of when the generator is collected.
     with contextlib.closing(chunks):

@@ -171,6 +171,16 @@ class WorkflowResult:
 # --- the services -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ParameterSpec:
+    """One key a service takes in ``parameters``, as ListServices shows it."""
+
+    name: str
+    type: str
+    description: str = ""
+    required: bool = False
+
+
 class AIService(ABC):
     """One configured service that callers address by ``name`` (the seed's ``AIServiceBase``)."""
 
@@ -181,9 +191,11 @@ class AIService(ABC):
     #: True when the service yields output as the upstream produces it.
     streaming: ClassVar[bool] = True
 
-    def __init__(self, name: str, description: str) -> None:
+    def __init__(self, name: str, description: str, parameters: tuple[ParameterSpec, ...] = ()) -> None:
         self.name = name
         self.description = description
+        #: The keys the service takes in ``parameters`` (for workflows: the inputs, when known).
+        self.parameters = parameters
 
     def not_ready_reason(self) -> str:
         """Why the service cannot serve calls now; empty when it can."""

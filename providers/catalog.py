@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.base import AIService
+from providers.base import AIService, ParameterSpec
 from providers.guard import CallPolicy
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ServiceConfig:
     max_concurrent_calls: int | None = 256
     #: Provider-specific settings from the config file's ``options`` table (for plugins).
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: A workflow service's input parameters, when the configuration declares them.
+    inputs: tuple[ParameterSpec, ...] = ()
 
     @property
     def read_timeout(self) -> float:
@@ -122,6 +124,7 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
             default_workflow_id=config.default_workflow_id,
             description=config.description,
             missing_key_reason=config.missing_key_reason(),
+            inputs=config.inputs,
         )
 
     def openai(config: ServiceConfig) -> AIService:

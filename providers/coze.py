@@ -29,6 +29,7 @@ from providers.base import (
     ChatService,
     FinishReason,
     Message,
+    ParameterSpec,
     ReasoningDelta,
     TextDelta,
     ToolCall,
@@ -70,7 +71,6 @@ LOG_ID_HEADER = "x-tt-logid"
 # Coze's own docs use); the gateway ignores such messages, so the warning is noise.
 warnings.filterwarnings("ignore", message=r"Unknown \w+ value", category=UserWarning, module=r"cozepy\.")
 
-_CHAT_PARAMETERS = frozenset({"bot_id", "custom_variables", "meta_data"})
 
 # How long to keep reading after chat.completed for the body to end, so the
 # connection goes back to the pool; past it the connection is dropped instead.
@@ -164,9 +164,17 @@ class CozeChatService(_CozeClientUser, ChatService):
         ChatService.__init__(
             self,
             name,
-            description
-            or "Coze bot chat (chat v3). Parameters: bot_id (string; default COZE_DEFAULT_BOT_ID), "
-            "custom_variables (object of strings), meta_data (object of strings). Roles: user, assistant.",
+            description or "Coze bot chat (chat v3). Roles: user, assistant.",
+            (
+                ParameterSpec(
+                    "bot_id",
+                    "string",
+                    f"the bot to chat with (default {default_bot_id})" if default_bot_id else "the bot to chat with",
+                    required=not default_bot_id,
+                ),
+                ParameterSpec("custom_variables", "object", "the bot's custom variables (string values)"),
+                ParameterSpec("meta_data", "object", "metadata kept with the chat (string values)"),
+            ),
         )
         _CozeClientUser.__init__(self, clients, missing_key_reason)
         self._default_bot_id = default_bot_id
@@ -174,7 +182,7 @@ class CozeChatService(_CozeClientUser, ChatService):
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         clients = self._require_clients()
         messages = _coze_messages(request.messages)
-        reject_unknown_parameters(request.parameters, _CHAT_PARAMETERS)
+        reject_unknown_parameters(request.parameters, frozenset(spec.name for spec in self.parameters))
         bot_id = string_parameter(request.parameters, "bot_id", self._default_bot_id)
         if not bot_id:
             raise InvalidRequest("parameters.bot_id", "is required (no COZE_DEFAULT_BOT_ID is configured)")
@@ -253,13 +261,16 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
         default_workflow_id: str = "",
         description: str = "",
         missing_key_reason: str = "COZE_API_TOKEN is not set",
+        inputs: tuple[ParameterSpec, ...] = (),
     ) -> None:
         WorkflowService.__init__(
             self,
             name,
             description
-            or "Coze workflows. workflow_id defaults to COZE_DEFAULT_WORKFLOW_ID; parameters are the "
-            "workflow's input parameters; bot_id / app_id for workflows that need them.",
+            or "Coze workflows. parameters are the workflow's inputs; workflow_id defaults to "
+            + (default_workflow_id or "COZE_DEFAULT_WORKFLOW_ID")
+            + "; bot_id / app_id for workflows that need them.",
+            inputs,
         )
         _CozeClientUser.__init__(self, clients, missing_key_reason)
         self._default_workflow_id = default_workflow_id

@@ -17,6 +17,7 @@ from providers.base import (
     ChatInput,
     ChatService,
     FinishReason,
+    ParameterSpec,
     TextDelta,
     Usage,
     WorkflowInput,
@@ -31,7 +32,6 @@ from providers.errors import InvalidRequest
 # Each piece is a word with the white space before it; trailing white space is a
 # last piece of its own, so the pieces join back to exactly the input.
 _WORD_PIECES = re.compile(r"\s*\S+|\s+$")
-_ECHO_PARAMETERS = frozenset({"delay_ms"})
 
 
 def split_words(text: str) -> list[str]:
@@ -47,12 +47,12 @@ class EchoChatService(ChatService):
     def __init__(self, name: str = "echo") -> None:
         super().__init__(
             name,
-            "Demo: streams the last user message back word by word. "
-            "Parameters: delay_ms (integer, pause before each word, default 0).",
+            "Demo: streams the last user message back word by word.",
+            (ParameterSpec("delay_ms", "integer", "pause before each word, in milliseconds (default 0)"),),
         )
 
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
-        reject_unknown_parameters(request.parameters, _ECHO_PARAMETERS)
+        reject_unknown_parameters(request.parameters, frozenset(spec.name for spec in self.parameters))
         delay_ms = int_parameter(request.parameters, "delay_ms", 0, minimum=0, maximum=60_000)
         last = request.messages[-1]
         if last.role != "user":

@@ -24,6 +24,7 @@ from providers.base import (
     ChatResult,
     ChatService,
     FinishReason,
+    ParameterSpec,
     ReasoningDelta,
     TextDelta,
     Usage,
@@ -54,6 +55,19 @@ _NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_pen
 # OpenAI documents seed as a 64-bit integer; max_tokens has no documented ceiling.
 _INTEGER_PARAMETERS = {"max_tokens": (1, 2**31 - 1), "seed": (-(2**63), 2**63 - 1)}
 _CHAT_PARAMETERS = frozenset({"model", "stop", "response_format", *_NUMBER_PARAMETERS, *_INTEGER_PARAMETERS})
+
+
+def _parameter_specs(default_model: str) -> tuple[ParameterSpec, ...]:
+    """What ListServices shows; the same keys as _CHAT_PARAMETERS."""
+    model = f"the model (default {default_model})" if default_model else "the model"
+    return (
+        ParameterSpec("model", "string", model, required=not default_model),
+        *(ParameterSpec(name, "number", "passed to the upstream as is") for name in _NUMBER_PARAMETERS),
+        *(ParameterSpec(name, "integer", "passed to the upstream as is") for name in _INTEGER_PARAMETERS),
+        ParameterSpec("stop", "string|array", "stop sequence(s)"),
+        ParameterSpec("response_format", "object", 'e.g. {"type": "json_object"}'),
+    )
+
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -103,13 +117,10 @@ class OpenAIChatService(ChatService):
         description: str = "",
         missing_key_reason: str = "no API key is configured",
     ) -> None:
-        model_help = f"string; default {default_model!r}" if default_model else "string; required"
         super().__init__(
             name,
-            description
-            or f"OpenAI-compatible chat completions. Parameters: model ({model_help}), temperature, top_p, "
-            "presence_penalty, frequency_penalty (numbers), max_tokens, seed (integers), stop (string or list "
-            "of strings), response_format (object). Roles: system, user, assistant.",
+            description or "OpenAI-compatible chat completions. Roles: system, user, assistant.",
+            _parameter_specs(default_model),
         )
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._api_key = api_key or ""

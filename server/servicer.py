@@ -97,4 +97,8 @@ def _service_info(service: AIService) -> pb.ServiceInfo:
         ready=not reason,
         streaming=service.streaming,
         not_ready_reason=reason,
+        parameters=[
+            pb.ParameterInfo(name=spec.name, type=spec.type, description=spec.description, required=spec.required)
+            for spec in service.parameters
+        ],
     )

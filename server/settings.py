@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from providers.base import ParameterSpec
 from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -133,6 +134,16 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _SECRET_KEYS = frozenset({"api_key", "token", "api_token", "secret", "password", "key"})
 
 
+class InputEntry(BaseModel):
+    """One ``[services.<name>.inputs.<input>]`` table: a workflow input parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = "string"
+    description: str = ""
+    required: bool = False
+
+
 class ServiceEntry(BaseModel):
     """One ``[services.<name>]`` table of the AIP_CONFIG file."""
 
@@ -152,6 +163,7 @@ class ServiceEntry(BaseModel):
     max_attempts: int | None = Field(None, ge=1, le=10)
     max_concurrent_calls: int | None = Field(None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, InputEntry] = Field(default_factory=dict)
 
     def limits(self) -> dict[str, Any]:
         """The limits this entry sets, under ServiceConfig's names."""
@@ -294,6 +306,10 @@ def load_service_file(path: Path, variables: Mapping[str, str], gateway: Gateway
                 default_workflow_id=entry.default_workflow_id,
                 default_model=entry.default_model,
                 options=entry.options,
+                inputs=tuple(
+                    ParameterSpec(name, spec.type, spec.description, spec.required)
+                    for name, spec in entry.inputs.items()
+                ),
                 **{**gateway.service_defaults(), **entry.limits()},
             )
         )

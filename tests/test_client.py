@@ -25,10 +25,14 @@ from providers.registry import ServiceRegistry
 from server.app import start_server
 from server.servicer import AIPlatformServicer
 from tests.conftest import make_settings
+from tests.fakes import coze as fake
+from tests.fakes.coze import FakeCoze
 
 FLAVORS = ["sync", "async"]
 HI = [{"role": "user", "content": "hi"}]
 HELLO = [{"role": "user", "content": "你好 big world"}]
+RESUME_DATA = "上海"
+RESUME_PATH = "/v1/workflow/stream_resume"
 
 
 class _InThread:
@@ -68,7 +72,7 @@ async def client(request: pytest.FixtureRequest, target: str) -> AsyncIterator[A
 
 
 async def _drain(client: Any, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-    """Everything ``client.<method>(...)`` yields (``iter_chat`` or ``iter_workflow``)."""
+    """Everything ``client.<method>(...)`` yields (``iter_chat``, ``iter_workflow``, ``iter_resume_workflow``)."""
     if isinstance(client, _InThread):
         return await asyncio.to_thread(lambda: list(getattr(client.client, method)(*args, **kwargs)))
     return [item async for item in getattr(client, method)(*args, **kwargs)]
@@ -164,6 +168,25 @@ async def test_iter_chat_yields_every_chunk(client: Any) -> None:
     assert chunks[-1].conversation_id == "c-2"
 
 
+async def test_chat_returns_the_tool_calls_the_bot_asks_for(client: Any) -> None:
+    response = await client.chat("coze", HI, {"bot_id": fake.BOT_REQUIRES_ACTION})
+
+    assert isinstance(response, pb.ChatResponse)
+    assert response.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert [(call.id, call.type, call.function_name, call.arguments) for call in response.tool_calls] == [
+        (fake.TOOL_CALL_ID, "function", fake.TOOL_CALL_NAME, fake.TOOL_CALL_ARGUMENTS)
+    ]
+    # What the caller needs to submit the tool outputs for this turn.
+    assert response.conversation_id and response.chat_id
+
+
+async def test_chat_returns_follow_ups_apart_from_the_answer(client: Any) -> None:
+    response = await client.chat("coze", HI, {"bot_id": fake.BOT_FOLLOW_UPS})
+
+    assert list(response.follow_ups) == list(fake.FOLLOW_UP_QUESTIONS)
+    assert response.content == fake.DEFAULT_ANSWER
+
+
 # --- workflow ---------------------------------------------------------------------------------
 
 
@@ -203,6 +226,110 @@ async def test_iter_workflow_yields_every_event(client: Any) -> None:
         ("city", '"北京"'),
         ("End", '{"output": {"city": "北京"}}'),
     ]
+
+
+# --- resume_workflow --------------------------------------------------------------------------
+
+
+async def _interrupt(client: Any) -> pb.WorkflowInterrupt:
+    """Run the fake's interrupting workflow with ``stream_workflow``; the interrupt it stopped at."""
+    interrupts: list[pb.WorkflowInterrupt] = []
+
+    def on_event(data: pb.StreamWorkflowResponse, chunk: str, full_text: str) -> None:
+        if data.HasField("interrupt"):
+            interrupts.append(data.interrupt)
+
+    await client.stream_workflow("coze_workflow", workflow_id=fake.WORKFLOW_INTERRUPT, callback=on_event)
+    (interrupt,) = interrupts
+    return interrupt
+
+
+def _resume_arguments(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of ``resume_workflow`` that answer the fake's interrupt."""
+    return {
+        "workflow_id": fake.WORKFLOW_INTERRUPT,
+        "event_id": fake.INTERRUPT_EVENT_ID,
+        "resume_data": RESUME_DATA,
+        "interrupt_type": fake.INTERRUPT_TYPE,
+        **overrides,
+    }
+
+
+async def test_resume_workflow_answers_the_interrupt_of_stream_workflow_and_returns_the_contents(
+    client: Any, fake_coze: FakeCoze
+) -> None:
+    interrupt = await _interrupt(client)
+    assert (interrupt.event_id, interrupt.type) == (fake.INTERRUPT_EVENT_ID, fake.INTERRUPT_TYPE)
+    seen: list[tuple[pb.ResumeWorkflowResponse, str, str]] = []
+
+    text = await client.resume_workflow(
+        "coze_workflow",
+        event_id=interrupt.event_id,
+        resume_data=RESUME_DATA,
+        interrupt_type=interrupt.type,
+        workflow_id=fake.WORKFLOW_INTERRUPT,
+        callback=lambda data, chunk, full: seen.append((data, chunk, full)),
+    )
+
+    events = [data for data, _, _ in seen]
+    assert all(isinstance(event, pb.ResumeWorkflowResponse) for event in events)
+    assert events[-1].node_title == "End"
+    assert RESUME_DATA in json.loads(events[-1].content)["output"]
+    assert not any(event.HasField("interrupt") for event in events)
+    assert all(chunk == data.content for data, chunk, _ in seen)
+    assert [full for _, _, full in seen] == list(itertools.accumulate(chunk for _, chunk, _ in seen))
+    assert text == "".join(event.content for event in events)
+    (sent,) = [request for request in fake_coze.requests if request.path == RESUME_PATH]
+    assert sent.json == {
+        "workflow_id": fake.WORKFLOW_INTERRUPT,
+        "event_id": interrupt.event_id,
+        "resume_data": RESUME_DATA,
+        "interrupt_type": interrupt.type,
+    }
+
+
+async def test_iter_resume_workflow_yields_every_event(client: Any) -> None:
+    interrupt = await _interrupt(client)
+
+    events = await _drain(
+        client, "iter_resume_workflow", "coze_workflow", **_resume_arguments(event_id=interrupt.event_id)
+    )
+
+    assert all(isinstance(event, pb.ResumeWorkflowResponse) for event in events)
+    assert [(event.node_title, event.node_is_finish) for event in events] == [("End", True)]
+    assert RESUME_DATA in json.loads(events[0].content)["output"]
+    assert events[0].usage.total_tokens == fake.WORKFLOW_USAGE_TOKEN_COUNT
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda client, **kwargs: client.resume_workflow("coze_workflow", **kwargs), id="resume_workflow"),
+        pytest.param(
+            lambda client, **kwargs: _drain(client, "iter_resume_workflow", "coze_workflow", **kwargs),
+            id="iter_resume_workflow",
+        ),
+    ],
+)
+async def test_resume_of_an_unknown_event_raises_not_found(client: Any, call: Callable[..., Awaitable[Any]]) -> None:
+    with pytest.raises(AIPlatformError) as raised:
+        await call(client, **_resume_arguments(event_id="7404830425073352713/1"))
+
+    error = raised.value
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert error.reason == "UPSTREAM_NOT_FOUND"
+    assert error.error_metadata["upstream_code"] == "4314"
+
+
+async def test_leaving_iter_resume_workflow_early_closes_the_upstream_stream(client: Any, fake_coze: FakeCoze) -> None:
+    arguments = _resume_arguments(workflow_id=fake.WORKFLOW_STALL)
+
+    first = await _first(client, "iter_resume_workflow", "coze_workflow", **arguments)
+
+    assert first.node_title == "End"
+    # Generous bound: the fake stalls until its client goes away, so only the cancel can close it.
+    disconnect = await fake_coze.wait_for_disconnect(timeout=5)
+    assert (disconnect.path, disconnect.scenario) == (RESUME_PATH, fake.WORKFLOW_STALL)
 
 
 # --- cancellation -----------------------------------------------------------------------------
@@ -288,6 +415,11 @@ def _calls(service_name: str) -> list[Any]:
         pytest.param(lambda client: client.workflow(service_name), id="workflow"),
         pytest.param(lambda client: client.stream_workflow(service_name), id="stream_workflow"),
         pytest.param(lambda client: _drain(client, "iter_workflow", service_name), id="iter_workflow"),
+        pytest.param(lambda client: client.resume_workflow(service_name, **_resume_arguments()), id="resume_workflow"),
+        pytest.param(
+            lambda client: _drain(client, "iter_resume_workflow", service_name, **_resume_arguments()),
+            id="iter_resume_workflow",
+        ),
     ]
 
 

@@ -160,3 +160,33 @@ async def test_the_gateway_stops_with_one_line_for_an_invalid_file(tmp_path: Pat
     lines = stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("aiplatform: AIP_CONFIG: service 'x': unknown provider 'nope'")
+
+
+async def test_list_services_describes_each_services_parameters(tmp_path: Path, fake_coze: FakeCoze) -> None:
+    settings = _settings_with_file(
+        tmp_path,
+        f"""
+        [services.weather]
+        provider = "coze_workflow"
+        base_url = "{fake_coze.base_url}"
+        api_key_env = "COZE_TOKEN"
+        default_workflow_id = "7389589103588704256"
+
+        [services.weather.inputs]
+        city = {{ type = "string", description = "城市名", required = true }}
+        days = {{ type = "integer", description = "how many days" }}
+        """,
+        COZE_TOKEN=fake_coze.token,
+    )
+    async for stub in _stub_for(settings):
+        listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
+    described = {name: [(p.name, p.type, p.required) for p in service.parameters] for name, service in listed.items()}
+    assert described["weather"] == [("city", "string", True), ("days", "integer", False)]
+    assert described["echo"] == [("delay_ms", "integer", False)]
+    assert described["coze"] == [
+        ("bot_id", "string", True),
+        ("custom_variables", "object", False),
+        ("meta_data", "object", False),
+    ]
+    assert ("model", "string", True) in described["openai"] and ("stop", "string|array", False) in described["openai"]
+    assert all(p.description for p in listed["openai"].parameters)

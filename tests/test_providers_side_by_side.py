@@ -158,4 +158,3 @@ async def _listening_port(process: asyncio.subprocess.Process) -> int:
             if match := re.search(rb"listening on 127\.0\.0\.1:(\d+)", line):
                 return int(match.group(1))
     raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
-

@@ -25,49 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61iplatform/v1/aiplatform.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\"+\n\x13ListServicesRequest\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\"D\n\x14ListServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.ServiceInfo\"\x8c\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x07 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa8\x01\n\x0b\x43hatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\xf6\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"\xae\x01\n\x11StreamChatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\x80\x02\n\x12StreamChatResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x17\n\x0freasoning_delta\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"J\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\x8c\x01\n\x12RunWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"q\n\x13RunWorkflowResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x12\n\nexecute_id\x18\x02 \x01(\t\x12\x11\n\tdebug_url\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\"\x8f\x01\n\x15StreamWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xd5\x01\n\x16StreamWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"\x81\x01\n\x15ResumeWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x13\n\x0bresume_data\x18\x04 \x01(\t\x12\x16\n\x0einterrupt_type\x18\x05 \x01(\x05\"\xd5\x01\n\x16ResumeWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"A\n\x11WorkflowInterrupt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x9a\x04\n\x11\x41IPlatformService\x12W\n\x0cListServices\x12\".aiplatform.v1.ListServicesRequest\x1a#.aiplatform.v1.ListServicesResponse\x12?\n\x04\x43hat\x12\x1a.aiplatform.v1.ChatRequest\x1a\x1b.aiplatform.v1.ChatResponse\x12S\n\nStreamChat\x12 .aiplatform.v1.StreamChatRequest\x1a!.aiplatform.v1.StreamChatResponse0\x01\x12T\n\x0bRunWorkflow\x12!.aiplatform.v1.RunWorkflowRequest\x1a\".aiplatform.v1.RunWorkflowResponse\x12_\n\x0eStreamWorkflow\x12$.aiplatform.v1.StreamWorkflowRequest\x1a%.aiplatform.v1.StreamWorkflowResponse0\x01\x12_\n\x0eResumeWorkflow\x12$.aiplatform.v1.ResumeWorkflowRequest\x1a%.aiplatform.v1.ResumeWorkflowResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61iplatform/v1/aiplatform.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\"+\n\x13ListServicesRequest\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\"D\n\x14ListServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.ServiceInfo\"\xbe\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x07 \x01(\t\x12\x30\n\nparameters\x18\x08 \x03(\x0b\x32\x1c.aiplatform.v1.ParameterInfo\"R\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa8\x01\n\x0b\x43hatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\xf6\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"\xae\x01\n\x11StreamChatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\x80\x02\n\x12StreamChatResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x17\n\x0freasoning_delta\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"J\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\x8c\x01\n\x12RunWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"q\n\x13RunWorkflowResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x12\n\nexecute_id\x18\x02 \x01(\t\x12\x11\n\tdebug_url\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\"\x8f\x01\n\x15StreamWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xd5\x01\n\x16StreamWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"\x81\x01\n\x15ResumeWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x13\n\x0bresume_data\x18\x04 \x01(\t\x12\x16\n\x0einterrupt_type\x18\x05 \x01(\x05\"\xd5\x01\n\x16ResumeWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"A\n\x11WorkflowInterrupt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x9a\x04\n\x11\x41IPlatformService\x12W\n\x0cListServices\x12\".aiplatform.v1.ListServicesRequest\x1a#.aiplatform.v1.ListServicesResponse\x12?\n\x04\x43hat\x12\x1a.aiplatform.v1.ChatRequest\x1a\x1b.aiplatform.v1.ChatResponse\x12S\n\nStreamChat\x12 .aiplatform.v1.StreamChatRequest\x1a!.aiplatform.v1.StreamChatResponse0\x01\x12T\n\x0bRunWorkflow\x12!.aiplatform.v1.RunWorkflowRequest\x1a\".aiplatform.v1.RunWorkflowResponse\x12_\n\x0eStreamWorkflow\x12$.aiplatform.v1.StreamWorkflowRequest\x1a%.aiplatform.v1.StreamWorkflowResponse0\x01\x12_\n\x0eResumeWorkflow\x12$.aiplatform.v1.ResumeWorkflowRequest\x1a%.aiplatform.v1.ResumeWorkflowResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aiplatform.v1.aiplatform_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2431
-  _globals['_FINISHREASON']._serialized_end=2590
+  _globals['_FINISHREASON']._serialized_start=2565
+  _globals['_FINISHREASON']._serialized_end=2724
   _globals['_LISTSERVICESREQUEST']._serialized_start=79
   _globals['_LISTSERVICESREQUEST']._serialized_end=122
   _globals['_LISTSERVICESRESPONSE']._serialized_start=124
   _globals['_LISTSERVICESRESPONSE']._serialized_end=192
   _globals['_SERVICEINFO']._serialized_start=195
-  _globals['_SERVICEINFO']._serialized_end=335
-  _globals['_CHATMESSAGE']._serialized_start=337
-  _globals['_CHATMESSAGE']._serialized_end=381
-  _globals['_CHATREQUEST']._serialized_start=384
-  _globals['_CHATREQUEST']._serialized_end=552
-  _globals['_CHATRESPONSE']._serialized_start=555
-  _globals['_CHATRESPONSE']._serialized_end=801
-  _globals['_STREAMCHATREQUEST']._serialized_start=804
-  _globals['_STREAMCHATREQUEST']._serialized_end=978
-  _globals['_STREAMCHATRESPONSE']._serialized_start=981
-  _globals['_STREAMCHATRESPONSE']._serialized_end=1237
-  _globals['_TOOLCALL']._serialized_start=1239
-  _globals['_TOOLCALL']._serialized_end=1317
-  _globals['_USAGE']._serialized_start=1319
-  _globals['_USAGE']._serialized_end=1393
-  _globals['_RUNWORKFLOWREQUEST']._serialized_start=1396
-  _globals['_RUNWORKFLOWREQUEST']._serialized_end=1536
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=1538
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=1651
-  _globals['_STREAMWORKFLOWREQUEST']._serialized_start=1654
-  _globals['_STREAMWORKFLOWREQUEST']._serialized_end=1797
-  _globals['_STREAMWORKFLOWRESPONSE']._serialized_start=1800
-  _globals['_STREAMWORKFLOWRESPONSE']._serialized_end=2013
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=2016
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=2145
-  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_start=2148
-  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_end=2361
-  _globals['_WORKFLOWINTERRUPT']._serialized_start=2363
-  _globals['_WORKFLOWINTERRUPT']._serialized_end=2428
-  _globals['_AIPLATFORMSERVICE']._serialized_start=2593
-  _globals['_AIPLATFORMSERVICE']._serialized_end=3131
+  _globals['_SERVICEINFO']._serialized_end=385
+  _globals['_PARAMETERINFO']._serialized_start=387
+  _globals['_PARAMETERINFO']._serialized_end=469
+  _globals['_CHATMESSAGE']._serialized_start=471
+  _globals['_CHATMESSAGE']._serialized_end=515
+  _globals['_CHATREQUEST']._serialized_start=518
+  _globals['_CHATREQUEST']._serialized_end=686
+  _globals['_CHATRESPONSE']._serialized_start=689
+  _globals['_CHATRESPONSE']._serialized_end=935
+  _globals['_STREAMCHATREQUEST']._serialized_start=938
+  _globals['_STREAMCHATREQUEST']._serialized_end=1112
+  _globals['_STREAMCHATRESPONSE']._serialized_start=1115
+  _globals['_STREAMCHATRESPONSE']._serialized_end=1371
+  _globals['_TOOLCALL']._serialized_start=1373
+  _globals['_TOOLCALL']._serialized_end=1451
+  _globals['_USAGE']._serialized_start=1453
+  _globals['_USAGE']._serialized_end=1527
+  _globals['_RUNWORKFLOWREQUEST']._serialized_start=1530
+  _globals['_RUNWORKFLOWREQUEST']._serialized_end=1670
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=1672
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=1785
+  _globals['_STREAMWORKFLOWREQUEST']._serialized_start=1788
+  _globals['_STREAMWORKFLOWREQUEST']._serialized_end=1931
+  _globals['_STREAMWORKFLOWRESPONSE']._serialized_start=1934
+  _globals['_STREAMWORKFLOWRESPONSE']._serialized_end=2147
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=2150
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=2279
+  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_start=2282
+  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_end=2495
+  _globals['_WORKFLOWINTERRUPT']._serialized_start=2497
+  _globals['_WORKFLOWINTERRUPT']._serialized_end=2562
+  _globals['_AIPLATFORMSERVICE']._serialized_start=2727
+  _globals['_AIPLATFORMSERVICE']._serialized_end=3265
 # @@protoc_insertion_point(module_scope)

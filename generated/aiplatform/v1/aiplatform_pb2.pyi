@@ -34,7 +34,7 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "type", "provider", "description", "ready", "streaming", "not_ready_reason")
+    __slots__ = ("name", "type", "provider", "description", "ready", "streaming", "not_ready_reason", "parameters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class ServiceInfo(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     NOT_READY_REASON_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     provider: str
@@ -49,7 +50,20 @@ class ServiceInfo(_message.Message):
     ready: bool
     streaming: bool
     not_ready_reason: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., description: _Optional[str] = ..., ready: _Optional[bool] = ..., streaming: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ...) -> None: ...
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., description: _Optional[str] = ..., ready: _Optional[bool] = ..., streaming: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
+
+class ParameterInfo(_message.Message):
+    __slots__ = ("name", "type", "description", "required")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    description: str
+    required: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
