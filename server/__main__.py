@@ -10,6 +10,7 @@ import pydantic
 
 from server.app import AddressInUse, serve
 from server.settings import ConfigError, Settings, describe_settings_error
+from server.workers import run_workers
 
 
 def main() -> None:
@@ -22,6 +23,8 @@ def main() -> None:
         sys.exit(f"aiplatform: {error}")
     configure_logging(settings.log_level)
     try:
+        if settings.gateway.workers > 1:
+            sys.exit(run_workers(settings))
         asyncio.run(serve(settings))
     except (AddressInUse, ConfigError) as error:
         sys.exit(f"aiplatform: {error}")

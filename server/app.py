@@ -46,14 +46,19 @@ class GatewayServer:
         await self.registry.aclose()
 
 
-async def start_server(settings: Settings, registry: ServiceRegistry | None = None) -> GatewayServer:
-    """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry."""
+async def start_server(
+    settings: Settings, registry: ServiceRegistry | None = None, *, share_port: bool = False
+) -> GatewayServer:
+    """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry.
+
+    ``share_port`` lets several worker processes listen on one port (SO_REUSEPORT).
+    """
     registry = registry if registry is not None else build_registry(settings)
     gateway = settings.gateway
     options = [
         # grpc turns SO_REUSEPORT on by default, so a second gateway on a busy port
-        # would start silently and share the traffic; fail loudly instead.
-        ("grpc.so_reuseport", 0),
+        # would start silently and share the traffic; only workers share on purpose.
+        ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.max_receive_message_length", gateway.max_receive_message_bytes),
     ]
     server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=options)
@@ -88,9 +93,9 @@ async def start_server(settings: Settings, registry: ServiceRegistry | None = No
     return GatewayServer(server=server, port=port, health=health_servicer, registry=registry)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, share_port: bool = False) -> None:
     """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
-    gateway = await start_server(settings)
+    gateway = await start_server(settings, share_port=share_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

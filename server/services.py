@@ -21,3 +21,17 @@ def build_registry(settings: Settings, catalog: ProviderCatalog | None = None) -
     except UnknownProvider as error:
         raise ConfigError(f"AIP_CONFIG: {error}") from error
     return registry
+
+
+def check_providers(settings: Settings, catalog: ProviderCatalog | None = None) -> None:
+    """Fail early, before anything starts, when a service names an unknown provider.
+
+    Raises:
+        ConfigError: as build_registry would.
+    """
+    catalog = catalog or ProviderCatalog.installed()
+    try:
+        for config in settings.service_configs():
+            catalog.factory(config)
+    except UnknownProvider as error:
+        raise ConfigError(f"AIP_CONFIG: {error}") from error
