@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,9 +13,10 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.app import start_server
 from server.services import build_registry
 from server.settings import ConfigError, GatewaySettings, Settings, load_service_file
-from tests.conftest import ENVIRONMENT_PREFIXES, make_settings
+from tests.conftest import make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.gateway_process import failed_start, gateway_env
 
 HI = [pb.ChatMessage(role="user", content="hello")]
 
@@ -144,20 +142,8 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
 async def test_the_gateway_stops_with_one_line_for_an_invalid_file(tmp_path: Path) -> None:
     config = tmp_path / "services.toml"
     config.write_text('[services.x]\nprovider = "nope"\n')
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
-    env.update(AIP_ADDRESS="127.0.0.1:0", AIP_CONFIG=str(config))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 1
-    lines = stderr.decode().strip().splitlines()
+    code, lines = await failed_start(gateway_env(AIP_CONFIG=str(config)), tmp_path)
+    assert code == 1
     assert len(lines) == 1, lines
     assert lines[0].startswith("aiplatform: AIP_CONFIG: service 'x': unknown provider 'nope'")
 

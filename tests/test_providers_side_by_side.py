@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,11 +14,12 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.app import start_server
 from server.settings import CozeSettings, OpenAISettings
-from tests.conftest import ENVIRONMENT_PREFIXES, make_settings
+from tests.conftest import make_settings
 from tests.fakes import coze as fake_coze_module
 from tests.fakes import openai as fake_openai_module
 from tests.fakes.coze import FakeCoze
 from tests.fakes.openai import FakeOpenAI
+from tests.gateway_process import gateway_env, running_gateway
 
 QUESTION = "What day is it?"
 
@@ -101,26 +99,15 @@ async def test_a_toml_file_of_three_services_of_two_providers(
             """,
             encoding="utf-8",
         )
-        env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
-        env.update(
-            AIP_ADDRESS="127.0.0.1:0",
+        env = gateway_env(
             AIP_CONFIG=str(config),
             DEEPSEEK_API_KEY=fake_openai.api_key,
             DASHSCOPE_API_KEY=second_openai.api_key,
             COZE_SUPPORT_TOKEN=fake_coze.token,
         )
         env.pop("NOT_SET_ANYWHERE", None)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            port = await _listening_port(process)
+        async with running_gateway(env, tmp_path) as started:
+            process, port = started.process, started.port
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.AIPlatformServiceStub(channel)
                 listed = {s.name: s for s in (await stub.ListServices(pb.ListServicesRequest())).services}
@@ -139,7 +126,6 @@ async def test_a_toml_file_of_three_services_of_two_providers(
                     await stub.Chat(
                         pb.ChatRequest(service_name=name, messages=[pb.ChatMessage(role="user", content="hi")])
                     )
-        finally:
             process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(process.wait(), 10) == 0
     # Each service reached only its own upstream, with its own key and default.
@@ -149,12 +135,3 @@ async def test_a_toml_file_of_three_services_of_two_providers(
         request.headers["authorization"] == f"Bearer {second_openai.api_key}" for request in second_openai.requests
     )
     assert [request.json["bot_id"] for request in fake_coze.requests] == ["bot-support"]
-
-
-async def _listening_port(process: asyncio.subprocess.Process) -> int:
-    assert process.stdout is not None
-    async with asyncio.timeout(20):
-        while line := await process.stdout.readline():
-            if match := re.search(rb"listening on 127\.0\.0\.1:(\d+)", line):
-                return int(match.group(1))
-    raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import shutil
 import signal
 import sys
@@ -19,57 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.app import GatewayServer
-from tests.conftest import ENVIRONMENT_PREFIXES
+from tests.gateway_process import GatewayProcess, failed_start, gateway_env, running_gateway, start_gateway
 
-_LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-
-
-class GatewayProcess:
-    """`python -m server` in a subprocess, with the port it bound."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.target = f"127.0.0.1:{port}"
-
-
-async def _start(env: dict[str, str], cwd: Path) -> GatewayProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(20):
-        while True:
-            line = await process.stdout.readline()
-            if not line:
-                raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
-            match = _LISTENING.search(line)
-            if match:
-                return GatewayProcess(process, int(match.group(1)))
-
-
-def _env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
-    env.update({"AIP_ADDRESS": "127.0.0.1:0", **overrides})
-    return env
 
 
 @pytest.fixture
 async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
-    started = await _start(_env(AIP_GRACE_SECONDS="5"), tmp_path)
-    try:
+    async with running_gateway(gateway_env(AIP_GRACE_SECONDS="5"), tmp_path) as started:
         yield started
-    finally:
-        if started.process.returncode is None:
-            started.process.kill()
-            await started.process.wait()
 
 
 def _slow_echo(words: int, delay_ms: int) -> pb.StreamChatRequest:
@@ -107,7 +63,7 @@ async def test_sigterm_lets_in_flight_streams_finish_refuses_new_calls_and_exits
 
 
 async def test_streams_still_running_when_the_grace_period_ends_are_cut_not_finished_ok(tmp_path: Path) -> None:
-    started = await _start(_env(AIP_GRACE_SECONDS="0.3"), tmp_path)
+    started = await start_gateway(gateway_env(AIP_GRACE_SECONDS="0.3"), tmp_path)
     async with grpc.aio.insecure_channel(started.target) as channel:
         call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(_slow_echo(words=50, delay_ms=100))
         await call.read()
@@ -138,43 +94,24 @@ async def _read_rest(call: grpc.aio.UnaryStreamCall) -> list[pb.StreamChatRespon
 async def test_a_bad_setting_stops_start_up_with_one_clear_line(
     tmp_path: Path, variable: str, value: str, message: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=_env(**{variable: value}),
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 1
-    lines = stderr.decode().strip().splitlines()
+    code, lines = await failed_start(gateway_env(**{variable: value}), tmp_path)
+    assert code == 1
     assert len(lines) == 1, lines
     assert lines[0].startswith("aiplatform: invalid setting ")
     assert message in lines[0]
 
 
 async def test_a_busy_port_stops_start_up_instead_of_sharing_it(gateway: GatewayServer, tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=_env(AIP_ADDRESS=f"127.0.0.1:{gateway.port}"),
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 1
-    assert stderr.decode().strip().splitlines()[-1] == (
+    code, lines = await failed_start(gateway_env(AIP_ADDRESS=f"127.0.0.1:{gateway.port}"), tmp_path)
+    assert code == 1
+    assert lines[-1] == (
         f"aiplatform: cannot listen on 127.0.0.1:{gateway.port}: the address is in use or not available"
     )
 
 
 async def test_settings_are_read_from_a_dot_env_file(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("AIP_DEMO_SERVICES=false\nCOZE_API_TOKEN=pat_from_dot_env\n")
-    started = await _start(_env(), tmp_path)
+    started = await start_gateway(gateway_env(), tmp_path)
     try:
         async with grpc.aio.insecure_channel(started.target) as channel:
             listed = await pb_grpc.AIPlatformServiceStub(channel).ListServices(pb.ListServicesRequest())

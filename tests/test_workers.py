@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -14,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from tests.conftest import ENVIRONMENT_PREFIXES
+from tests.gateway_process import failed_start, gateway_env, start_gateway
 
 HI = [pb.ChatMessage(role="user", content="hello workers")]
 
@@ -59,27 +57,10 @@ def _established_server_sockets(pid: int, port: int) -> int:
 
 
 async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
-    env.update(AIP_ADDRESS="127.0.0.1:0", AIP_WORKERS="2", AIP_GRACE_SECONDS="5")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    listening = 0
-    port = 0
-    async with asyncio.timeout(30):
-        while listening < 2:
-            line = await process.stdout.readline()
-            assert line, f"the gateway exited early (code {await process.wait()})"
-            if match := re.search(rb"listening on 127\.0\.0\.1:(\d+)", line):
-                listening += 1
-                port = int(match.group(1))
+    started = await start_gateway(gateway_env(AIP_WORKERS="2", AIP_GRACE_SECONDS="5"), tmp_path)
+    # One "listening" line per worker; start_gateway read the first.
+    await started.read_until(rb"listening on 127\.0\.0\.1:", count=1)
+    process, port = started.process, started.port
     workers = _children(process.pid)
     try:
         await _check_workers(process, workers, port)
@@ -133,19 +114,6 @@ async def _check_workers(process: asyncio.subprocess.Process, workers: list[int]
 
 
 async def test_workers_refuse_a_busy_port(tmp_path: Path, target: str) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
-    env.update(AIP_ADDRESS=target, AIP_WORKERS="2")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 1
-    assert stderr.decode().strip().splitlines()[-1] == (
-        f"aiplatform: cannot listen on {target}: the address is in use or not available"
-    )
+    code, lines = await failed_start(gateway_env(AIP_ADDRESS=target, AIP_WORKERS="2"), tmp_path)
+    assert code == 1
+    assert lines[-1] == (f"aiplatform: cannot listen on {target}: the address is in use or not available")

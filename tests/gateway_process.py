@@ -1,0 +1,93 @@
+"""`python -m server` as a user starts it, for tests: the environment, the bound port, the exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.conftest import ENVIRONMENT_PREFIXES
+
+_LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+
+
+def gateway_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without the gateway's variables, a free port, and ``overrides``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENVIRONMENT_PREFIXES)}
+    env.update({"AIP_ADDRESS": "127.0.0.1:0", **overrides})
+    return env
+
+
+class GatewayProcess:
+    """A running `python -m server`, with the port it bound."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def read_until(self, pattern: bytes, count: int = 1) -> list[re.Match[bytes]]:
+        """Read the log until ``pattern`` matched ``count`` lines (after the first listening line)."""
+        assert self.process.stdout is not None
+        matches: list[re.Match[bytes]] = []
+        async with asyncio.timeout(30):
+            while len(matches) < count:
+                line = await self.process.stdout.readline()
+                assert line, f"the gateway exited (code {await self.process.wait()})"
+                if match := re.search(pattern, line):
+                    matches.append(match)
+        return matches
+
+
+async def start_gateway(env: dict[str, str], cwd: Path) -> GatewayProcess:
+    """Start `python -m server` and wait until it listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while line := await process.stdout.readline():
+            if match := _LISTENING.search(line):
+                return GatewayProcess(process, int(match.group(1)))
+    raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
+
+
+@asynccontextmanager
+async def running_gateway(env: dict[str, str], cwd: Path) -> AsyncIterator[GatewayProcess]:
+    """A gateway process for the block; killed at the end if the test did not stop it."""
+    started = await start_gateway(env, cwd)
+    try:
+        yield started
+    finally:
+        if started.process.returncode is None:
+            started.process.kill()
+            await started.process.wait()
+
+
+async def failed_start(env: dict[str, str], cwd: Path) -> tuple[int, list[str]]:
+    """Run `python -m server` expecting it to refuse to start: its exit code and stderr lines."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, stderr.decode().strip().splitlines()
