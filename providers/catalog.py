@@ -172,14 +172,18 @@ class ProviderCatalog:
         """The provider names, sorted."""
         return sorted(self._factories)
 
-    def build(self, config: ServiceConfig) -> AIService:
-        """The service ``config`` describes."""
+    def factory(self, config: ServiceConfig) -> ProviderFactory:
+        """The factory of the provider ``config`` names."""
         factory = self._factories.get(config.provider)
         if factory is None:
             raise UnknownProvider(
                 f"service {config.name!r}: unknown provider {config.provider!r} (available: {', '.join(self.names)})"
             )
-        service: object = factory(config)
+        return factory
+
+    def build(self, config: ServiceConfig) -> AIService:
+        """The service ``config`` describes."""
+        service: object = self.factory(config)(config)
         if not isinstance(service, AIService):
             raise TypeError(f"provider {config.provider!r} returned {type(service).__name__}, not an AIService")
         return service
