@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -33,15 +34,15 @@ async def fake_coze() -> AsyncIterator[FakeCoze]:
         yield fake
 
 
-def make_settings(fake_coze: FakeCoze | None, **gateway: object) -> Settings:
+def make_settings(fake_coze: FakeCoze | None, **gateway: Any) -> Settings:
     """Settings for a test gateway on a free port, pointed at ``fake_coze`` when given."""
     coze = (
-        CozeSettings(_env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url)  # type: ignore[call-arg]
+        CozeSettings(_env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url)
         if fake_coze is not None
-        else CozeSettings(_env_file=None)  # type: ignore[call-arg]
+        else CozeSettings(_env_file=None)
     )
     return Settings(
-        gateway=GatewaySettings(_env_file=None, address="127.0.0.1:0", **gateway),  # type: ignore[call-arg]
+        gateway=GatewaySettings(_env_file=None, address="127.0.0.1:0", **gateway),
         coze=coze,
     )
 
@@ -88,7 +89,7 @@ def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
         status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
         for any_detail in status.details:
             for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
-                if any_detail.Is(kind.DESCRIPTOR):
+                if any_detail.TypeName() == kind.DESCRIPTOR.full_name:
                     message = kind()
                     any_detail.Unpack(message)
                     details[kind.DESCRIPTOR.name] = message

@@ -136,7 +136,7 @@ def test_an_invalid_file_is_refused_naming_the_service_and_field(tmp_path: Path,
 
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
-        load_service_file(tmp_path / "absent.toml", {}, GatewaySettings(_env_file=None))  # type: ignore[call-arg]
+        load_service_file(tmp_path / "absent.toml", {}, GatewaySettings(_env_file=None))
 
 
 async def test_the_gateway_stops_with_one_line_for_an_invalid_file(tmp_path: Path) -> None:

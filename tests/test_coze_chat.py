@@ -141,7 +141,7 @@ async def test_only_answer_text_reaches_the_answer(stub: pb_grpc.AIPlatformServi
 
 async def test_default_bot_id_comes_from_settings(fake_coze: FakeCoze) -> None:
     settings = make_settings(fake_coze)
-    settings.coze = CozeSettings(  # type: ignore[call-arg]
+    settings.coze = CozeSettings(
         _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_bot_id="bot-from-settings"
     )
     async with _serving(settings) as stub:
@@ -182,8 +182,9 @@ async def test_errors_before_the_first_event_map_to_statuses(
     upstream_code: str,
 ) -> None:
     for rpc in ("StreamChat", "Chat"):
+        responses: list[object]
         if rpc == "StreamChat":
-            responses, error = await _collect(stub.StreamChat(_stream_request(bot_id)))
+            responses, error = await _collect(stub.StreamChat(_stream_request(bot_id)))  # type: ignore[assignment]
         else:
             responses, error = await _unary(stub.Chat(_chat_request(bot_id)))
         assert responses == []
@@ -242,7 +243,7 @@ def _first_pieces(count: int) -> list[str]:
 async def test_wrong_token_is_the_gateways_configuration_and_never_leaks(fake_coze: FakeCoze) -> None:
     wrong_token = "pat_wrong_token_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
     settings = make_settings(fake_coze)
-    settings.coze = CozeSettings(_env_file=None, api_token=wrong_token, api_base=fake_coze.base_url)  # type: ignore[call-arg]
+    settings.coze = CozeSettings(_env_file=None, api_token=wrong_token, api_base=fake_coze.base_url)
     async with _serving(settings) as stub:
         _, stream_error = await _collect(stub.StreamChat(_stream_request()))
         _, unary_error = await _unary(stub.Chat(_chat_request()))

@@ -109,7 +109,7 @@ async def test_interrupt_arrives_with_event_id_and_type(stub: pb_grpc.AIPlatform
 
 async def test_default_workflow_id_comes_from_settings(fake_coze: FakeCoze) -> None:
     settings = make_settings(fake_coze)
-    settings.coze = CozeSettings(  # type: ignore[call-arg]
+    settings.coze = CozeSettings(
         _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_workflow_id="wf-default"
     )
     server = await start_server(settings)

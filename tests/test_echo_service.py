@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.echo import split_words
 
 
-def _struct(values: dict[str, object]) -> struct_pb2.Struct:
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(values)
     return struct

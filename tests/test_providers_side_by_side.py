@@ -43,10 +43,10 @@ async def test_the_same_stream_chat_call_works_against_every_chat_provider(
 ) -> None:
     """Only service_name changes: defaults (bot, model) come from the gateway's configuration."""
     settings = make_settings(fake_coze)
-    settings.coze = CozeSettings(  # type: ignore[call-arg]
+    settings.coze = CozeSettings(
         _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_bot_id="bot-default"
     )
-    settings.openai = OpenAISettings(  # type: ignore[call-arg]
+    settings.openai = OpenAISettings(
         _env_file=None, api_key=fake_openai.api_key, base_url=fake_openai.base_url, default_model="gpt-fake"
     )
     server = await start_server(settings)

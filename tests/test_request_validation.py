@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -166,7 +166,7 @@ class _BrokenChatService(ChatService):
 
     provider = "broken"
 
-    async def stream_chat(self, request: ChatInput) -> AsyncIterator[ChatEvent]:
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         yield TextDelta("partial")
         raise RuntimeError("boom with pat_secret_token_that_must_not_leak")
 
@@ -214,9 +214,9 @@ async def test_bytes_that_are_no_request_message_are_invalid_argument(
     path = f"/aiplatform.v1.AIPlatformService/{rpc}"
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         if streaming:
-            async for _ in channel.unary_stream(path)(b"\xff\xff\xff"):
+            async for _ in channel.unary_stream(path, request_serializer=bytes, response_deserializer=bytes)(b"\xff"):
                 pass
         else:
-            await channel.unary_unary(path)(b"\xff\xff\xff")
+            await channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(b"\xff")
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (raised.value.details() or "").startswith("request: the bytes are not a valid request message")

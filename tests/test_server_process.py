@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -42,7 +43,7 @@ async def test_sigterm_lets_in_flight_streams_finish_refuses_new_calls_and_exits
 ) -> None:
     async with grpc.aio.insecure_channel(gateway_process.target) as channel:
         stub = pb_grpc.AIPlatformServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
+        health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs lack the methods
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
@@ -74,7 +75,7 @@ async def test_streams_still_running_when_the_grace_period_ends_are_cut_not_fini
     assert await asyncio.wait_for(started.process.wait(), 10) == 0
 
 
-async def _read_rest(call: grpc.aio.UnaryStreamCall) -> list[pb.StreamChatResponse]:
+async def _read_rest(call: Any) -> list[pb.StreamChatResponse]:
     """The remaining messages of a call already read with read() (the two styles do not mix)."""
     rest = []
     while (response := await call.read()) is not grpc.aio.EOF:
