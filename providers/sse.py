@@ -4,10 +4,14 @@ It follows the WHATWG event-stream rules that matter for AI upstreams: a blank
 line dispatches the event, ``:`` lines are comments (heartbeats), a space after
 the colon is optional, and several ``data:`` lines join with newlines. Unlike
 cozepy's line counter it never desynchronises on a heartbeat or a missing ``id:``.
+Lines end only at CR, LF or CRLF, as the standard says: httpx's ``aiter_lines``
+also splits at U+2028, U+0085 and other separators, which JSON may carry raw
+inside a string, and would cut such an event in two.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -32,7 +36,7 @@ async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, 
     event = ""
     event_id = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in _iter_lines(response):
         if not line:
             if data or event:
                 yield ServerSentEvent(event or "message", "\n".join(data), event_id)
@@ -52,3 +56,21 @@ async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, 
         # "retry" and unknown fields are ignored, as the standard says.
     if data or event:
         yield ServerSentEvent(event or "message", "\n".join(data), event_id)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+async def _iter_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The body's lines, split at CR, LF and CRLF only, each decoded as UTF-8."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        # A CR at the end may be the first half of a CRLF: wait for the next chunk.
+        complete = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
+        lines = _LINE_END.split(pending[:complete])
+        pending = lines.pop() + pending[complete:]
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
