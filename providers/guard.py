@@ -64,31 +64,39 @@ class CallGuard:
         policy = self._policy
         with self._slot():
             # grpc itself cancels the call at the caller's deadline; it matters here for retries.
-            total = _Limit(None, "").sooner(policy.total_timeout, "the whole call")
-            retry_deadline = total.sooner_at(deadline, "").at
+            retry_deadline = _Limit(deadline, "").sooner(policy.total_timeout, "").at
+            watchdog = _Watchdog(policy.first_event_timeout, policy.idle_timeout, policy.total_timeout)
             attempt = 1
-            while True:
-                events = open_stream()
-                delivered = False
-                try:
-                    limit = total.sooner(policy.first_event_timeout, "the first event")
-                    while True:
-                        try:
-                            event = await limit.bound(anext(events))
-                        except StopAsyncIteration:
-                            return
-                        delivered = True
-                        yield event
-                        limit = total.sooner(policy.idle_timeout, "the next event")
-                except UpstreamError as error:
-                    # Once the caller has text, a retry would repeat it: report the failure instead.
-                    delay = None if delivered else self._retry_delay(error, attempt, retry_deadline)
-                    if delay is None:
-                        raise
-                finally:
-                    await events.aclose()
-                await asyncio.sleep(delay)
-                attempt += 1
+            try:
+                while True:
+                    events = open_stream()
+                    delivered = False
+                    try:
+                        while True:
+                            watchdog.start_wait()
+                            try:
+                                event = await anext(events)
+                            except StopAsyncIteration:
+                                return
+                            except asyncio.CancelledError:
+                                if (expired := watchdog.expired()) is not None:
+                                    raise _timeout(expired) from None
+                                raise
+                            finally:
+                                watchdog.end_wait()
+                            delivered = True
+                            yield event
+                    except UpstreamError as error:
+                        # Once the caller has text, a retry would repeat it: report the failure instead.
+                        delay = None if delivered else self._retry_delay(error, attempt, retry_deadline)
+                        if delay is None:
+                            raise
+                    finally:
+                        await events.aclose()
+                    await asyncio.sleep(delay)
+                    attempt += 1
+            finally:
+                watchdog.close()
 
     async def call(self, run: Callable[[], Awaitable[_T]], deadline: float | None) -> _T:
         """Await ``run()`` under the policy; for a unary call the whole answer is the first event."""
@@ -162,4 +170,104 @@ class _Limit:
             async with asyncio.timeout(max(0.0, self.at - time.monotonic())):
                 return await awaitable
         except TimeoutError:
-            raise UpstreamTimeout(f"no answer in time for {self.what}", provider="gateway") from None
+            raise _timeout(self.what) from None
+
+
+def _timeout(what: str) -> UpstreamTimeout:
+    return UpstreamTimeout(f"no answer in time for {what}", provider="gateway")
+
+
+class _Watchdog:
+    """Enforces a stream's timeouts with one timer, so each event costs two assignments.
+
+    A timer per event (``asyncio.timeout`` around every read) costs ~10 µs a token. The
+    watchdog instead notes when each wait for the next event starts; its single timer
+    wakes up at the earliest moment a limit could pass, re-checks, and either re-arms
+    or cancels the task, which is then inside the provider's read: the read is
+    cancelled and the provider closes its upstream request. Time spent while the
+    caller reads slowly (the generator suspended at ``yield``) never counts against
+    the upstream, and the task is never cancelled outside the read.
+    """
+
+    __slots__ = (
+        "_cancelling",
+        "_expired",
+        "_first",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_since",
+        "_task",
+        "_total_at",
+        "_waits",
+    )
+
+    def __init__(self, first: float | None, idle: float | None, total: float | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a stream is always read by a task"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._first = first
+        self._idle = idle
+        self._total_at = None if total is None else self._loop.time() + total
+        self._since: float | None = None  # when the current wait began; None between waits
+        self._waits = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired: str | None = None
+
+    def start_wait(self) -> None:
+        """A read of the next event begins."""
+        if self._expired is not None:  # the whole call's time ran out while the caller was reading
+            raise _timeout(self._expired)
+        self._since = self._loop.time()
+        if self._handle is None:
+            self._arm()
+
+    def end_wait(self) -> None:
+        """The read finished (an event, the end, or an error)."""
+        self._since = None
+        self._waits += 1
+
+    def expired(self) -> str | None:
+        """After a CancelledError in the read: what ran out, if the watchdog caused it."""
+        if self._expired is None or self._task.uncancel() > self._cancelling:
+            return None
+        return self._expired
+
+    def close(self) -> None:
+        """Stop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _limit(self, start: float) -> tuple[float | None, str]:
+        """The moment a wait that began at ``start`` runs out, and which limit that is."""
+        per_wait, what = (self._first, "the first event") if self._waits == 0 else (self._idle, "the next event")
+        at = None if per_wait is None else start + per_wait
+        if self._total_at is not None and (at is None or self._total_at <= at):
+            return self._total_at, "the whole call"
+        return at, what
+
+    def _arm(self) -> None:
+        now = self._loop.time()
+        at, _ = self._limit(self._since if self._since is not None else now)
+        self._handle = None if at is None else self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        if self._since is None:
+            # Between reads (the caller is reading): only the whole call's time can run out,
+            # and the next read is refused then; otherwise look again later.
+            if self._total_at is not None and now >= self._total_at:
+                self._expired = "the whole call"
+            else:
+                self._arm()
+            return
+        at, what = self._limit(self._since)
+        if at is not None and now >= at:
+            self._expired = what
+            self._task.cancel()
+        else:
+            self._arm()

@@ -164,3 +164,35 @@ async def test_unary_calls_are_retried_and_bounded() -> None:
 
     with pytest.raises(UpstreamTimeout, match="the answer"):
         await CallGuard("s", CallPolicy(first_event_timeout=0.05)).call(stuck, None)
+
+
+async def test_a_slow_reader_does_not_count_against_the_idle_timeout() -> None:
+    upstream = _Upstream(["a", "b", "c"])
+    received = []
+    async for event in CallGuard("s", CallPolicy(idle_timeout=0.05)).stream(upstream.stream, None):
+        received.append(event)
+        await asyncio.sleep(0.15)  # the caller reads slowly; the upstream is always ready
+    assert received == ["a", "b", "c"]
+
+
+async def test_the_whole_call_running_out_while_the_caller_reads_refuses_the_next_read() -> None:
+    upstream = _Upstream(["a", "b", "c"])
+    received = []
+    with pytest.raises(UpstreamTimeout, match="the whole call"):
+        async for event in CallGuard("s", CallPolicy(total_timeout=0.1)).stream(upstream.stream, None):
+            received.append(event)
+            await asyncio.sleep(0.15)
+    assert received == ["a"]
+    assert upstream.closed == 1
+
+
+async def test_an_outside_cancel_stays_a_cancel() -> None:
+    upstream = _Upstream([5.0, "late"])
+    task = asyncio.create_task(
+        _drain(CallGuard("s", CallPolicy(idle_timeout=10, first_event_timeout=10)).stream(upstream.stream, None))
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert upstream.closed == 1
