@@ -207,7 +207,7 @@ async def _unary(call: Any) -> tuple[list[object], grpc.aio.AioRpcError | None]:
 async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
     _, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_RATE_LIMITED)))
     assert error is not None
-    assert error_details(error)["RetryInfo"].retry_delay.seconds == 2  # type: ignore[attr-defined]
+    assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

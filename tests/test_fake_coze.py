@@ -49,6 +49,7 @@ from tests.fakes.coze import (
     INTERRUPT_EVENT_ID,
     INTERRUPT_TYPE,
     REASONING_PIECES,
+    RETRY_AFTER_SECONDS,
     SPLIT_UTF8_ANSWER,
     TOOL_CALL_NAME,
     WORKFLOW_CUT,
@@ -188,7 +189,7 @@ async def test_rate_limited_and_502_use_real_http_statuses(fake: FakeCoze) -> No
         limited = await client.post("/v3/chat", json={"bot_id": BOT_RATE_LIMITED, "user_id": "u", "stream": True})
         gateway = await client.post("/v3/chat", json={"bot_id": BOT_HTTP_502, "user_id": "u", "stream": True})
 
-    assert limited.status_code == 429 and limited.headers["retry-after"] == "2"
+    assert limited.status_code == 429 and limited.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
     assert limited.json()["code"] == 4013
     assert gateway.status_code == 502 and gateway.headers["content-type"].startswith("text/html")
     assert gateway.text == "<html>bad gateway</html>"

@@ -5,22 +5,36 @@ request by the chat `bot_id` or the workflow `workflow_id` (the `BOT_*` / `WORKF
 any other id behaves normally. Every request is recorded in `FakeCoze.requests` (`wait_for_requests`
 waits for one, e.g. the gateway's `/v3/chat/cancel`), the ids of every chat created in
 `FakeCoze.created_chats`, and every client that goes away before its stream was finished in
-`FakeCoze.disconnects`.
+`FakeCoze.disconnects`. The server itself (recording, disconnects, cutting and stalling) is
+`tests.fakes._server.FakeUpstream`, shared with the OpenAI fake.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, ClassVar
 
 from aiohttp import web
+
+from tests.fakes._server import (
+    BODY,
+    LOG_ID,
+    FakeUpstream,
+    cut,
+    dumps,
+    flood_pieces,
+    split_text,
+    stall,
+    write_split_utf8,
+)
+from tests.fakes._server import FLOOD_CHUNKS as FLOOD_CHUNKS
+from tests.fakes._server import SPLIT_WRITE_PAUSE as SPLIT_WRITE_PAUSE
+from tests.fakes._server import Disconnect as Disconnect
 
 # --- Chat scenarios, selected by the request's bot_id (any other bot_id streams the normal answer) ---
 BOT_NORMAL = "bot-normal"  # the normal answer; any unlisted bot_id does the same
@@ -29,7 +43,7 @@ BOT_VERBOSE_AND_UNKNOWN = "bot-verbose-and-unknown"  # adds knowledge + follow_u
 BOT_COMPLETED_ONLY = "bot-completed-only"  # the answer arrives only as message.completed, no deltas
 BOT_MISSING = "bot-missing"  # JSON {"code":4200} before any event (HTTP 200)
 BOT_BAD_REQUEST = "bot-bad-request"  # JSON {"code":4000} before any event (HTTP 200)
-BOT_RATE_LIMITED = "bot-rate-limited"  # HTTP 429, JSON {"code":4013}, Retry-After: 2
+BOT_RATE_LIMITED = "bot-rate-limited"  # HTTP 429, JSON {"code":4013}, Retry-After: RETRY_AFTER_SECONDS
 BOT_HTTP_502 = "bot-http-502"  # HTTP 502 text/html "<html>bad gateway</html>" (a gateway in front of Coze)
 BOT_ERROR_EVENT = "bot-error-event"  # two deltas, then an `error` event, done, end
 BOT_FAILED = "bot-failed"  # two deltas, then conversation.chat.failed (last_error 5000), done, end
@@ -41,6 +55,11 @@ BOT_MALFORMED = "bot-malformed"  # two deltas, then a `: ping` comment line (coz
 BOT_REQUIRES_ACTION = "bot-requires-action"  # conversation.chat.requires_action with one tool call, done
 BOT_FOLLOW_UPS = "bot-follow-ups"  # the normal answer, then FOLLOW_UP_QUESTIONS as follow_up messages
 BOT_SPLIT_UTF8 = "bot-split-utf8"  # answer SPLIT_UTF8_ANSWER; each delta splits a UTF-8 char across writes
+BOT_FLAKY = "bot-flaky"  # the first FakeCoze.flaky_failures requests of this bot_id: as BOT_HTTP_502; then normal
+BOT_RATE_LIMITED_NO_RETRY_AFTER = "bot-rate-limited-no-retry-after"  # HTTP 429, JSON {"code":4013}, no Retry-After
+BOT_RATE_LIMITED_ONCE = "bot-rate-limited-once"  # 1st request: HTTP 429 {"code":4013}, Retry-After: 1; then normal
+BOT_STALL_AT_START = "bot-stall-at-start"  # chat.created and chat.in_progress, then silence before the first delta
+BOT_FLOOD = "bot-flood"  # FLOOD_CHUNKS tiny deltas (flood_pieces()) as fast as the socket takes them, then completed
 
 # --- Workflow scenarios, selected by workflow_id (any other id runs normally) ---
 WORKFLOW_NORMAL = "wf-normal"  # node messages echoing the parameters, then Done; any unlisted id does the same
@@ -63,6 +82,8 @@ WORKFLOW_USAGE_TOKEN_COUNT = WORKFLOW_USAGE_INPUT_COUNT + WORKFLOW_USAGE_OUTPUT_
 DEFAULT_TOKEN = "pat_fake_test_token_0123456789"
 DEFAULT_ANSWER = "2024 年 10 月 1 日是星期三。"
 SPLIT_UTF8_ANSWER = "你好世界"
+RETRY_AFTER_SECONDS = 3  # BOT_RATE_LIMITED's Retry-After: longer than the gateway waits to retry
+SHORT_RETRY_AFTER_SECONDS = 1  # BOT_RATE_LIMITED_ONCE's Retry-After: short enough for the gateway to wait and retry
 ANSWER_PIECE_CHARS = 3  # the answer is streamed in deltas of this many characters
 REASONING_PIECES = ("先确定日期，", "再推算星期，", "得出结论。")
 FOLLOW_UP_QUESTION = "2024 年国庆节放几天假？"
@@ -75,7 +96,6 @@ INTERRUPT_TYPE = 2  # question node
 INTERRUPT_QUESTION = "请问你想查看哪个城市？"
 INTERRUPT_NODE_TITLE = "问答"
 NO_CLOSE_SECONDS = 3.0
-SPLIT_WRITE_PAUSE = 0.01  # long enough for the two halves to leave as separate TCP segments
 
 _JSON_CONTENT_TYPE = "application/json"
 _AUTH_FAILED = (4100, "authentication is invalid")
@@ -102,12 +122,6 @@ _VERBOSE_FINISH = json.dumps(
     separators=(",", ":"),
 )
 
-# Per-request storage: the x-tt-logid the fake answers with, and the parsed JSON body (None if absent).
-_LOG_ID = web.RequestKey("log_id", str)
-_BODY: web.RequestKey[Any] = web.RequestKey("json_body")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -129,16 +143,6 @@ class CreatedChat:
     chat_id: str
     conversation_id: str
     bot_id: str
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    """A client that went away before its stream response was finished."""
-
-    path: str
-    scenario: str  # the request's bot_id or workflow_id
-    time: float  # time.monotonic()
-    log_id: str
 
 
 @dataclass
@@ -208,21 +212,16 @@ def workflow_usage() -> dict[str, int]:
 
 def workflow_output(parameters: Any) -> str:
     """The End-node output (and /v1/workflow/run `data`) for the given input parameters."""
-    return _dumps({"output": parameters})
+    return dumps({"output": parameters})
 
 
 def split_answer(answer: str) -> list[str]:
     """The delta pieces the fake streams for an answer; joined they equal the answer."""
-    return [answer[i : i + ANSWER_PIECE_CHARS] for i in range(0, len(answer), ANSWER_PIECE_CHARS)]
-
-
-def _dumps(value: Any) -> str:
-    # Compact, UTF-8 and always one line: cozepy needs each `data:` JSON on a single line.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return split_text(answer, ANSWER_PIECE_CHARS)
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
 def _error(code_msg: tuple[int, str], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -236,11 +235,11 @@ def _ok(data: Any) -> web.Response:
 
 
 def _chat_event(name: str, data: Any) -> bytes:
-    return f"event:{name}\ndata:{_dumps(data)}\n\n".encode()
+    return f"event:{name}\ndata:{dumps(data)}\n\n".encode()
 
 
 def _workflow_event(event_id: int, name: str, data: Any) -> bytes:
-    return f"id: {event_id}\nevent: {name}\ndata: {_dumps(data)}\n\n".encode()
+    return f"id: {event_id}\nevent: {name}\ndata: {dumps(data)}\n\n".encode()
 
 
 def _debug_url(execute_id: str, workflow_id: str) -> str:
@@ -249,103 +248,54 @@ def _debug_url(execute_id: str, workflow_id: str) -> str:
     )
 
 
-class _ServerCut(Exception):
-    """Raised inside a stream after the fake aborted the connection on purpose (not a disconnect)."""
-
-
-class FakeCoze:
+class FakeCoze(FakeUpstream[RecordedRequest]):
     """A fake Coze Open API on 127.0.0.1, speaking the wire format cozepy 0.20.0 expects."""
 
+    log_id_header: ClassVar[str] = "x-tt-logid"
+
     def __init__(self, token: str = DEFAULT_TOKEN, answer: str = DEFAULT_ANSWER) -> None:
+        super().__init__(credential=token)
         self.token = token
         self.answer = answer
-        self.base_url = ""
-        self.requests: list[RecordedRequest] = []
-        self.disconnects: list[Disconnect] = []
-        self.open_streams = 0
-        self.slow_interval = 1.0
         self.no_close_seconds = NO_CLOSE_SECONDS  # how long BOT_NO_CLOSE keeps the body open after done
-        self._runner: web.AppRunner | None = None
         # Random start so ids differ between fakes; still 19 digits like Coze's snowflake ids.
         self._ids = itertools.count(7_400_000_000_000_000_000 + secrets.randbelow(10**16))
         self._log_ids = itertools.count(1)
         self._chats: dict[str, _ChatRecord] = {}
         self._busy_conversations: set[str] = set()
-        self._stream_transports: set[asyncio.Transport] = set()
-        self._disconnect_seen = 0
-        self._disconnect_event = asyncio.Event()
         self.created_chats: list[CreatedChat] = []
-        self._request_event = asyncio.Event()
-        self._stopping = False
 
-    async def __aenter__(self) -> FakeCoze:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Bind 127.0.0.1 on a free port and start serving."""
-        self._stopping = False
-        app = web.Application(middlewares=[self._record_and_authenticate])
-        app.on_response_prepare.append(self._add_log_id)
-        app.router.add_post("/v3/chat", self._chat)
-        app.router.add_route("POST", "/v3/chat/retrieve", self._retrieve)
-        app.router.add_route("GET", "/v3/chat/retrieve", self._retrieve)
-        app.router.add_get("/v3/chat/message/list", self._message_list)
-        app.router.add_post("/v3/chat/cancel", self._cancel)
-        app.router.add_post("/v1/workflow/run", self._workflow_run)
-        app.router.add_post("/v1/workflow/stream_run", self._workflow_stream_run)
-        app.router.add_post("/v1/workflow/stream_resume", self._workflow_stream_resume)
-        # aiohttp leaves a handler running after its client left unless told to cancel it; the
-        # cancellation is how a vanished client gets noticed (and recorded) within milliseconds.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        """Stop serving; streams still open are cut without being recorded as disconnects."""
-        if self._runner is None:
-            return
-        self._stopping = True
-        for transport in list(self._stream_transports):
-            transport.abort()
-        await self._runner.cleanup()
-        self._runner = None
-
-    async def wait_for_disconnect(self, timeout: float = 2.0) -> Disconnect:
-        """Return the next disconnect not yet returned by this method, waiting up to `timeout` seconds.
-
-        Raises:
-            TimeoutError: no new disconnect was recorded in time.
-        """
-        async with asyncio.timeout(timeout):
-            while len(self.disconnects) <= self._disconnect_seen:
-                self._disconnect_event.clear()
-                await self._disconnect_event.wait()
-        disconnect = self.disconnects[self._disconnect_seen]
-        self._disconnect_seen += 1
-        return disconnect
-
-    async def wait_for_requests(self, path: str, count: int = 1, timeout: float = 2.0) -> list[RecordedRequest]:
-        """Every recorded request to `path`, once there are at least `count`, waiting up to `timeout` seconds.
-
-        Raises:
-            TimeoutError: fewer than `count` such requests arrived in time.
-        """
-        async with asyncio.timeout(timeout):
-            while True:
-                matching = [request for request in self.requests if request.path == path]
-                if len(matching) >= count:
-                    return matching
-                self._request_event.clear()
-                await self._request_event.wait()
+    def forget(self) -> None:
+        """Drop the records, and the chats too: their retrieve and cancel then answer "invalid chat"."""
+        super().forget()
+        self._chats.clear()
+        self.created_chats.clear()
 
     # --- plumbing ---
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v3/chat", self._chat)
+        router.add_route("POST", "/v3/chat/retrieve", self._retrieve)
+        router.add_route("GET", "/v3/chat/retrieve", self._retrieve)
+        router.add_get("/v3/chat/message/list", self._message_list)
+        router.add_post("/v3/chat/cancel", self._cancel)
+        router.add_post("/v1/workflow/run", self._workflow_run)
+        router.add_post("/v1/workflow/stream_run", self._workflow_stream_run)
+        router.add_post("/v1/workflow/stream_resume", self._workflow_stream_resume)
+
+    def _record(self, request: web.Request, body: Any) -> RecordedRequest:
+        return RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={key.lower(): value for key, value in request.headers.items()},
+            json=body,
+            time=time.monotonic(),
+            log_id=request[LOG_ID],
+        )
+
+    def _auth_failed(self) -> web.Response:
+        return _error(_AUTH_FAILED)
 
     def _new_id(self) -> str:
         return str(next(self._ids))
@@ -354,83 +304,10 @@ class FakeCoze:
         # Coze's format: 14 digits of local time, then 20 upper-case hex digits (34 characters).
         return f"{time.strftime('%Y%m%d%H%M%S')}{next(self._log_ids):06X}{secrets.token_hex(7).upper()}"
 
-    @web.middleware
-    async def _record_and_authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[_LOG_ID] = log_id = self._new_log_id()
-        raw = await request.read()
-        body: Any = None
-        if raw:
-            with contextlib.suppress(ValueError):
-                body = json.loads(raw)
-        request[_BODY] = body
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers={key.lower(): value for key, value in request.headers.items()},
-                json=body,
-                time=time.monotonic(),
-                log_id=log_id,
-            )
-        )
-        self._request_event.set()
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return _error(_AUTH_FAILED)
-        return await handler(request)
-
-    async def _add_log_id(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["x-tt-logid"] = request.get(_LOG_ID) or self._new_log_id()
-
-    def _record_disconnect(self, request: web.Request, scenario: str) -> None:
-        self.disconnects.append(Disconnect(request.path, scenario, time.monotonic(), request[_LOG_ID]))
-        self._disconnect_event.set()
-
-    @contextlib.asynccontextmanager
-    async def _event_stream(self, request: web.Request, scenario: str) -> AsyncIterator[web.StreamResponse]:
-        """Open an SSE response; record a disconnect if the client leaves before it is finished."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        transport = request.transport
-        self.open_streams += 1
-        try:
-            if transport is not None:
-                self._stream_transports.add(transport)
-            await response.prepare(request)
-            yield response
-            # The body is finished only once the terminating chunk went out.
-            await response.write_eof()
-        except _ServerCut:
-            pass
-        except asyncio.CancelledError:
-            # handler_cancellation: the connection was lost while the handler awaited something.
-            if not self._stopping:
-                self._record_disconnect(request, scenario)
-            raise
-        except ConnectionError:
-            # A write hit a connection the client had already closed.
-            if not self._stopping:
-                self._record_disconnect(request, scenario)
-        finally:
-            self.open_streams -= 1
-            if transport is not None:
-                self._stream_transports.discard(transport)
-
-    @staticmethod
-    def _cut(request: web.Request) -> NoReturn:
-        """Abort the TCP connection without finishing the chunked body."""
-        assert request.transport is not None
-        request.transport.abort()
-        raise _ServerCut
-
-    @staticmethod
-    async def _stall() -> None:
-        """Send nothing more; the handler is cancelled when the client goes away."""
-        await asyncio.Event().wait()
-
     # --- chat ---
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("bot_id"), str)
@@ -471,15 +348,18 @@ class FakeCoze:
         finally:
             self._busy_conversations.discard(conversation_id)
 
-    @staticmethod
-    def _chat_scenario_error(bot_id: str) -> web.Response | None:
+    def _chat_scenario_error(self, bot_id: str) -> web.Response | None:
         if bot_id == BOT_MISSING:
             return _error(_NOT_FOUND)
         if bot_id == BOT_BAD_REQUEST:
             return _error(_BAD_REQUEST)
         if bot_id == BOT_RATE_LIMITED:
-            return _error(_RATE_LIMITED, status=429, headers={"Retry-After": "2"})
-        if bot_id == BOT_HTTP_502:
+            return _error(_RATE_LIMITED, status=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if bot_id == BOT_RATE_LIMITED_NO_RETRY_AFTER:
+            return _error(_RATE_LIMITED, status=429)
+        if bot_id == BOT_RATE_LIMITED_ONCE and self._fails_this_time(bot_id, 1):
+            return _error(_RATE_LIMITED, status=429, headers={"Retry-After": str(SHORT_RETRY_AFTER_SECONDS)})
+        if bot_id == BOT_HTTP_502 or (bot_id == BOT_FLAKY and self._fails_this_time(bot_id, self.flaky_failures)):
             return web.Response(status=502, text="<html>bad gateway</html>", content_type="text/html")
         return None
 
@@ -502,6 +382,11 @@ class FakeCoze:
             knowledge = record.message(self._new_id(), "knowledge", "2024 年 10 月 1 日：国庆节。")
             await response.write(_chat_event("conversation.message.completed", knowledge))
             await response.write(_chat_event("conversation.audio.whatever", {"id": self._new_id()}))
+        if scenario == BOT_STALL_AT_START:
+            await stall()
+        if scenario == BOT_FLOOD:
+            await self._write_flood(response, record)
+            return
 
         pieces = [] if scenario == BOT_COMPLETED_ONLY else split_answer(record.answer)
         for index, piece in enumerate(pieces[:2]):
@@ -517,9 +402,9 @@ class FakeCoze:
             await response.write(_chat_event("done", "[DONE]"))
             return
         if scenario == BOT_CUT:
-            self._cut(request)
+            cut(request)
         if scenario == BOT_STALL:
-            await self._stall()
+            await stall()
         if scenario == BOT_MALFORMED:
             await response.write(b": ping\n\n")
         for piece in pieces[2:]:
@@ -543,17 +428,25 @@ class FakeCoze:
         if scenario == BOT_NO_CLOSE:
             await asyncio.sleep(self.no_close_seconds)
 
+    async def _write_flood(self, response: web.StreamResponse, record: _ChatRecord) -> None:
+        for piece in flood_pieces():
+            delta = record.message(record.answer_message_id, "answer", piece)
+            await self._write_flood_delta(response, _chat_event("conversation.message.delta", delta))
+        record.status = "completed"
+        await response.write(_chat_event("conversation.chat.completed", record.chat("completed")))
+        await response.write(_chat_event("done", "[DONE]"))
+
     async def _write_delta(self, response: web.StreamResponse, record: _ChatRecord, piece: str, *, slow: bool) -> None:
         if slow and record.bot_id == BOT_SLOW:
             await asyncio.sleep(self.slow_interval)
         delta = _chat_event("conversation.message.delta", record.message(record.answer_message_id, "answer", piece))
         if record.bot_id == BOT_SPLIT_UTF8:
-            await _write_split_utf8(response, delta)
+            await write_split_utf8(response, delta)
         else:
             await response.write(delta)
 
     def _known_chat(self, request: web.Request) -> _ChatRecord | None:
-        body = request[_BODY] if isinstance(request[_BODY], dict) else {}
+        body = request[BODY] if isinstance(request[BODY], dict) else {}
         chat_id = request.query.get("chat_id") or body.get("chat_id")
         return self._chats.get(chat_id) if isinstance(chat_id, str) else None
 
@@ -582,7 +475,7 @@ class FakeCoze:
     # --- workflows ---
 
     async def _workflow_run(self, request: web.Request) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         if not isinstance(body, dict) or not isinstance(body.get("workflow_id"), str):
             return _error(_BAD_REQUEST)
         if body["workflow_id"] == WORKFLOW_MISSING:
@@ -601,7 +494,7 @@ class FakeCoze:
         )
 
     async def _workflow_stream_run(self, request: web.Request) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         if not isinstance(body, dict) or not isinstance(body.get("workflow_id"), str):
             return _error(_BAD_REQUEST)
         workflow_id: str = body["workflow_id"]
@@ -609,7 +502,7 @@ class FakeCoze:
             return _error(_NOT_FOUND)
         parameters = body.get("parameters")
         messages = [
-            _node_message("Message", f"收到参数：{_dumps(parameters)}", seq=0, finished=False),
+            _node_message("Message", f"收到参数：{dumps(parameters)}", seq=0, finished=False),
             _node_message("Message", "处理完成。", seq=1, finished=True),
             _node_message("End", workflow_output(parameters), seq=0, finished=True, usage=workflow_usage()),
         ]
@@ -620,7 +513,7 @@ class FakeCoze:
         return response
 
     async def _workflow_stream_resume(self, request: web.Request) -> web.StreamResponse:
-        body = request[_BODY]
+        body = request[BODY]
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("workflow_id"), str)
@@ -632,7 +525,7 @@ class FakeCoze:
             return _error(_NOT_FOUND)
         if body.get("event_id") != INTERRUPT_EVENT_ID:
             return _error(_NO_EXECUTION)
-        content = _dumps({"output": f"{body['resume_data']}：晴，25°C"})
+        content = dumps({"output": f"{body['resume_data']}：晴，25°C"})
         messages = [_node_message("End", content, seq=0, finished=True, usage=workflow_usage())]
         async with self._event_stream(request, workflow_id) as response:
             # The resumed run has no second interrupt; every other scenario applies as in stream_run.
@@ -654,9 +547,9 @@ class FakeCoze:
             await response.write(_workflow_event(next(event_ids), "Error", _WORKFLOW_ERROR))
             return
         if scenario == WORKFLOW_CUT:
-            self._cut(request)
+            cut(request)
         if scenario == WORKFLOW_STALL:
-            await self._stall()
+            await stall()
         if scenario == WORKFLOW_PING:
             # PING must carry an id: line, or cozepy's 3-line parser desynchronises (spec §2.2).
             await response.write(_workflow_event(next(event_ids), "PING", {}))
@@ -670,7 +563,7 @@ class FakeCoze:
             await response.write(_workflow_event(next(event_ids), "Interrupt", interrupt))
         if scenario == WORKFLOW_NO_DONE:
             return
-        done = {"debug_url": _debug_url(self._new_id(), request[_BODY]["workflow_id"])}
+        done = {"debug_url": _debug_url(self._new_id(), request[BODY]["workflow_id"])}
         await response.write(_workflow_event(next(event_ids), "Done", done))
 
 
@@ -704,14 +597,3 @@ def _tool_call() -> dict[str, Any]:
             },
         }
     }
-
-
-async def _write_split_utf8(response: web.StreamResponse, payload: bytes) -> None:
-    """Write an event in two network writes that split its first multi-byte UTF-8 character."""
-    first_non_ascii = next((i for i, byte in enumerate(payload) if byte >= 0x80), None)
-    if first_non_ascii is None:
-        await response.write(payload)
-        return
-    await response.write(payload[: first_non_ascii + 1])
-    await asyncio.sleep(SPLIT_WRITE_PAUSE)
-    await response.write(payload[first_non_ascii + 1 :])
