@@ -18,6 +18,7 @@ from clients._common import (
     Metadata,
     ResumeWorkflowCallback,
     WorkflowCallback,
+    default_service_config,
 )
 from clients._sync import AIPlatformClient
 
@@ -30,4 +31,5 @@ __all__ = [
     "Metadata",
     "ResumeWorkflowCallback",
     "WorkflowCallback",
+    "default_service_config",
 ]

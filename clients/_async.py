@@ -19,9 +19,11 @@ from clients._common import (
     MessageLike,
     Metadata,
     ResumeWorkflowCallback,
+    ServiceConfigOption,
     StreamedT,
     Timeout,
     WorkflowCallback,
+    channel_options,
     chat_request,
     chunk_text,
     map_rpc_errors,
@@ -44,8 +46,10 @@ class AsyncAIPlatformClient(ClientBase):
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        service_config: ServiceConfigOption = UNSET,
     ) -> None:
         super().__init__(target, timeout=timeout, metadata=metadata)
+        options = channel_options(options, service_config)
         self._channel = (
             grpc.aio.insecure_channel(target, options=options)
             if credentials is None

@@ -1,9 +1,11 @@
-"""What the sync and async clients share: request building, error conversion and call options."""
+"""What the sync and async clients share: request building, error conversion, call and channel options."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import importlib.resources
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
@@ -221,6 +223,54 @@ def _check_integers(value: object, path: str) -> None:
             _check_integers(item, f"{path}[{index}]")
 
 
+# --- channel options --------------------------------------------------------------------------
+
+# The gRPC service config the clients use unless told otherwise. It is a JSON file so that clients in
+# other languages can load the very same text (Go: grpc.WithDefaultServiceConfig, Java:
+# defaultServiceConfig(Map), Node: the 'grpc.service_config' channel option); deploy/README.md
+# explains each field. In short:
+# - round_robin: the channel connects to every address the target resolves to (a headless
+#   Kubernetes Service, or "ipv4:10.0.0.1:50051,10.0.0.2:50051") and spreads calls over the ready ones.
+# - waitForReady: a call made while no gateway is reachable (a restart, a rollout) waits for one
+#   until its deadline instead of failing at once with UNAVAILABLE.
+# - timeout: every call has a deadline even when the caller sets none; 600 s is the gateway's own
+#   AIP_TOTAL_TIMEOUT_SECONDS default, so the client does not cut calls the gateway still allows.
+#   gRPC takes the shorter of this and the call's own timeout.
+# - retryPolicy: gRPC retries only until the call is committed, i.e. until the response headers
+#   arrive. The gateway sends its headers with the first response message, so exactly the failures
+#   before the first message are retried and a stream that fails part-way is never replayed. Codes:
+#   UNAVAILABLE (transient upstream trouble, a call cut at the end of a grace period) and CANCELLED,
+#   which grpc.aio answers to a call that reaches a server just as it stops (grpc/grpc#41785).
+SERVICE_CONFIG_FILE = "service_config.json"
+_SERVICE_CONFIG_JSON = importlib.resources.files("clients").joinpath(SERVICE_CONFIG_FILE).read_text("utf-8")
+_SERVICE_CONFIG_OPTION = "grpc.service_config"
+
+#: A gRPC service config (the parsed JSON object or its text); None for none, UNSET for the default.
+ServiceConfigOption: TypeAlias = Mapping[str, Any] | str | _Unset | None
+
+
+def default_service_config() -> dict[str, Any]:
+    """A fresh copy of the clients' default gRPC service config (``clients/service_config.json``), to adapt."""
+    config: dict[str, Any] = json.loads(_SERVICE_CONFIG_JSON)
+    return config
+
+
+def channel_options(
+    options: Sequence[tuple[str, Any]] | None, service_config: ServiceConfigOption
+) -> list[tuple[str, Any]]:
+    """The channel options: the caller's, plus ``grpc.service_config`` unless they set it or passed None."""
+    chosen = list(options or ())
+    if service_config is None or any(name == _SERVICE_CONFIG_OPTION for name, _ in chosen):
+        return chosen
+    if service_config is UNSET:
+        text = _SERVICE_CONFIG_JSON
+    elif isinstance(service_config, str):
+        text = service_config
+    else:
+        text = json.dumps(service_config)
+    return [*chosen, (_SERVICE_CONFIG_OPTION, text)]
+
+
 # --- call options -----------------------------------------------------------------------------
 
 
@@ -229,7 +279,7 @@ class ClientBase:
 
     def __init__(self, target: str, *, timeout: float | None, metadata: Metadata) -> None:
         self.target = target
-        #: The deadline in seconds for calls that pass no ``timeout=``; None means no deadline.
+        #: The deadline in seconds for calls that pass no ``timeout=``; None leaves it to the service config.
         self.timeout = timeout
         self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
 

@@ -18,9 +18,11 @@ from clients._common import (
     MessageLike,
     Metadata,
     ResumeWorkflowCallback,
+    ServiceConfigOption,
     StreamedT,
     Timeout,
     WorkflowCallback,
+    channel_options,
     chat_request,
     chunk_text,
     map_rpc_errors,
@@ -34,10 +36,16 @@ class AIPlatformClient(ClientBase):
 
     Args:
         target: The gateway's address, "host:port".
-        timeout: The deadline in seconds for each call that passes no ``timeout=``; None for none.
+        timeout: The deadline in seconds for each call that passes no ``timeout=``; None leaves it to the
+            service config (600 s by default; no deadline with ``service_config=None``).
         metadata: ``(key, value)`` pairs sent with every call; a call's own ``metadata=`` replaces keys it repeats.
         options: grpc channel options, e.g. ``[("grpc.max_receive_message_length", 16 << 20)]``.
         credentials: TLS (or other) channel credentials; None for a plain-text channel.
+        service_config: The gRPC service config, as a dict or JSON text. By default ``clients/service_config.json``
+            (``default_service_config()``): round_robin over every address ``target`` resolves to, wait for a
+            ready gateway, a 600 s deadline, and UNAVAILABLE or CANCELLED retried only before the first response
+            message. None for grpc's defaults (pick_first, no retry policy, fail fast); a ``grpc.service_config``
+            in ``options`` wins over this.
     """
 
     def __init__(
@@ -48,8 +56,10 @@ class AIPlatformClient(ClientBase):
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        service_config: ServiceConfigOption = UNSET,
     ) -> None:
         super().__init__(target, timeout=timeout, metadata=metadata)
+        options = channel_options(options, service_config)
         self._channel = (
             grpc.insecure_channel(target, options=options)
             if credentials is None

@@ -143,8 +143,8 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
         "coze": coze,
         "coze_workflow": coze_workflow,
         "openai": openai,
-        "echo": lambda config: EchoChatService(config.name),
-        "echo_workflow": lambda config: EchoWorkflowService(config.name),
+        "echo": lambda config: EchoChatService(config.name, config.description),
+        "echo_workflow": lambda config: EchoWorkflowService(config.name, config.description),
     }
 
 

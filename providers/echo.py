@@ -44,10 +44,10 @@ class EchoChatService(ChatService):
 
     provider: ClassVar[str] = "echo"
 
-    def __init__(self, name: str = "echo") -> None:
+    def __init__(self, name: str = "echo", description: str = "") -> None:
         super().__init__(
             name,
-            "Demo: streams the last user message back word by word.",
+            description or "Demo: streams the last user message back word by word.",
             (ParameterSpec("delay_ms", "integer", "pause before each word, in milliseconds (default 0)"),),
         )
 
@@ -75,10 +75,11 @@ class EchoWorkflowService(WorkflowService):
 
     provider: ClassVar[str] = "echo_workflow"
 
-    def __init__(self, name: str = "echo_workflow") -> None:
+    def __init__(self, name: str = "echo_workflow", description: str = "") -> None:
         super().__init__(
             name,
-            "Demo: a workflow that streams each input parameter back as a node event (in key order), "
+            description
+            or "Demo: a workflow that streams each input parameter back as a node event (in key order), "
             'then an End node whose content is {"output": <all parameters>}.',
         )
 

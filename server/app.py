@@ -60,6 +60,10 @@ async def start_server(
         # would start silently and share the traffic; only workers share on purpose.
         ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.max_receive_message_length", gateway.max_receive_message_bytes),
+        # Clients only look for new replicas when a connection ends: end them now and then
+        # (GOAWAY), but give calls on the old connection as long as a call may take.
+        ("grpc.max_connection_age_ms", int(gateway.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int((gateway.total_timeout_seconds + 30) * 1000)),
     ]
     server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=options)
     limits = RequestLimits(

@@ -41,6 +41,9 @@ _LOGGER = logging.getLogger(__name__)
 #: ``ErrorInfo.domain`` of every error the gateway reports.
 ERROR_DOMAIN = "aiplatform.v1"
 
+# A negative grpc-retry-pushback-ms tells a client's retry policy not to retry this call.
+_NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
 # Most specific class first: the first match wins.
 _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -99,7 +102,10 @@ def status_for(error: Exception) -> ErrorStatus:
             )
         )
     details.insert(0, _error_info(error.reason, {key: value for key, value in metadata.items() if value}))
-    return _build(code, error.message, details)
+    # The gateway already retried what was worth retrying (providers/guard.py): tell clients'
+    # retry policies not to multiply the upstream attempts (gRPC retry pushback, A6).
+    pushback = _NO_RETRY if isinstance(error, UpstreamError) else ()
+    return _build(code, error.message, details, pushback)
 
 
 def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
@@ -110,12 +116,13 @@ def _build(
     code: grpc.StatusCode,
     message: str,
     details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest],
+    extra_metadata: tuple[tuple[str, str], ...] = (),
 ) -> ErrorStatus:
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     for detail in details:
         status.details.add().Pack(detail)
     converted = rpc_status.to_status(status)
-    return ErrorStatus(code, message, tuple(converted.trailing_metadata))
+    return ErrorStatus(code, message, tuple(converted.trailing_metadata) + extra_metadata)
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:

@@ -64,6 +64,9 @@ class GatewaySettings(BaseSettings):
     )
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight calls may finish on SIGTERM")
     workers: int = Field(1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
+    max_connection_age_seconds: float = Field(
+        300.0, gt=0, description="after this, clients are asked to reconnect (and so find new replicas)"
+    )
     demo_services: bool = Field(True, description="serve the echo and echo_workflow demo services")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to an upstream (TCP and TLS)")

@@ -9,7 +9,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
+import tomllib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,8 +22,11 @@ from google.rpc import error_details_pb2
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from clients import AIPlatformClient, AIPlatformError, AsyncAIPlatformClient
+from clients._common import default_service_config
 from providers.base import ChatEvent, ChatInput, ChatService, TextDelta
 from providers.echo import EchoChatService
+from providers.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from providers.guard import CallPolicy
 from providers.registry import ServiceRegistry
 from server.app import start_server
 from server.servicer import AIPlatformServicer
@@ -540,3 +546,265 @@ def test_malformed_messages_are_refused_before_any_call(messages: Any, error_typ
 def test_integers_a_struct_cannot_hold_exactly_are_refused() -> None:
     with AIPlatformClient("127.0.0.1:1") as client, pytest.raises(ValueError, match=r"parameters\.ids\[0\]"):
         client.workflow("coze_workflow", {"ids": [7379462189365198898]})
+
+
+# --- the default service config ---------------------------------------------------------------
+
+
+ROOT = Path(__file__).parents[1]
+
+
+class _FlakyEchoService(EchoChatService):
+    """Echo whose first ``failures`` calls fail like a broken upstream: before any output, or after one chunk."""
+
+    def __init__(
+        self, failures: int, error: type[UpstreamError] = UpstreamUnavailable, after_first_chunk: bool = False
+    ) -> None:
+        super().__init__("flaky")
+        self.failures = failures
+        self.error = error
+        self.after_first_chunk = after_first_chunk
+        self.attempts = 0
+
+    async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
+        self.attempts += 1
+        failing = self.attempts <= self.failures
+        if failing and not self.after_first_chunk:
+            raise self.error("upstream down", provider="flaky")
+        async for event in super().stream_chat(request):
+            yield event
+            if failing:
+                raise self.error("upstream cut", provider="flaky")
+
+
+@contextlib.asynccontextmanager
+async def _gateway_with(service: ChatService) -> AsyncIterator[str]:
+    """A real gateway serving ``service`` that does not retry upstream failures itself; yields its target."""
+    registry = ServiceRegistry()
+    registry.register(service, CallPolicy(max_attempts=1))
+    server = await start_server(make_settings(None), registry)
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop(0)
+
+
+class _StoppingReplicaServicer(pb_grpc.AIPlatformServiceServicer):
+    """Answers UNAVAILABLE before any message, as a replica that is stopping does, then echoes."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.attempts = 0
+
+    async def _refuse(self, context: Any) -> None:
+        self.attempts += 1
+        if self.attempts <= self.refusals:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "stopping")
+
+    async def Chat(self, request: pb.ChatRequest, context: Any) -> pb.ChatResponse:
+        await self._refuse(context)
+        return pb.ChatResponse(content=request.messages[-1].content)
+
+    async def StreamChat(self, request: pb.StreamChatRequest, context: Any) -> AsyncIterator[pb.StreamChatResponse]:
+        await self._refuse(context)
+        yield pb.StreamChatResponse(delta=request.messages[-1].content)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda client: client.chat("any", HI), id="chat"),
+        pytest.param(lambda client: client.stream_chat("any", HI), id="stream_chat"),
+    ],
+)
+async def test_unavailable_before_the_first_message_is_retried_up_to_three_attempts(
+    flavor: str, call: Callable[[Any], Awaitable[Any]]
+) -> None:
+    servicer = _StoppingReplicaServicer(refusals=2)
+    server = grpc.aio.server()
+    pb_grpc.add_AIPlatformServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with _open_client(flavor, f"127.0.0.1:{port}", timeout=10) as client:
+            answer = await call(client)
+            assert (answer if isinstance(answer, str) else answer.content) == "hi"
+            assert servicer.attempts == 3
+
+            servicer.refusals, servicer.attempts = 3, 0
+            with pytest.raises(AIPlatformError) as raised:
+                await call(client)
+            assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+            assert servicer.attempts == 3
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_a_stream_that_fails_after_its_first_message_is_not_retried(flavor: str) -> None:
+    service = _FlakyEchoService(failures=1, after_first_chunk=True)
+    chunks: list[str] = []
+    async with _gateway_with(service) as target, _open_client(flavor, target, timeout=10) as client:
+        with pytest.raises(AIPlatformError) as raised:
+            await client.stream_chat("flaky", HELLO, callback=lambda data, chunk, full: chunks.append(chunk))
+
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert chunks == ["你好"]  # once, never replayed
+    assert service.attempts == 1
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_failures_other_than_unavailable_are_not_retried(flavor: str) -> None:
+    service = _FlakyEchoService(failures=1, error=UpstreamRateLimited)
+    async with _gateway_with(service) as target, _open_client(flavor, target, timeout=10) as client:
+        with pytest.raises(AIPlatformError) as raised:
+            await client.chat("flaky", HI)
+
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert service.attempts == 1
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_without_a_service_config_nothing_is_retried(flavor: str) -> None:
+    service = _FlakyEchoService(failures=1)
+    async with (
+        _gateway_with(service) as target,
+        _open_client(flavor, target, timeout=10, service_config=None) as client,
+    ):
+        with pytest.raises(AIPlatformError) as raised:
+            await client.chat("flaky", HI)
+
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert service.attempts == 1
+
+
+class _RefusingServicer(AIPlatformServicer):
+    """Answers its first Chat with CANCELLED before any message, as grpc does for a call that arrives during stop."""
+
+    def __init__(self) -> None:
+        super().__init__(ServiceRegistry([EchoChatService()]))
+        self.attempts = 0
+
+    async def Chat(self, request: pb.ChatRequest, context: Any) -> pb.ChatResponse:
+        self.attempts += 1
+        if self.attempts == 1:
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return await super().Chat(request, context)
+
+
+@contextlib.asynccontextmanager
+async def _bare_server(servicer: AIPlatformServicer, port: int = 0) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    pb_grpc.add_AIPlatformServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_cancelled_before_the_first_message_is_retried(flavor: str) -> None:
+    # grpc.aio answers CANCELLED (not UNAVAILABLE) to calls that reach a server just as it stops
+    # (grpc/grpc#41785); tests/test_replicas.py loses calls that way without this retry.
+    servicer = _RefusingServicer()
+    async with _bare_server(servicer) as target, _open_client(flavor, target, timeout=10) as client:
+        assert (await client.chat("echo", HI)).content == "hi"
+    assert servicer.attempts == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_a_call_waits_for_a_gateway_that_is_not_listening_yet(flavor: str) -> None:
+    port = _free_port()
+    async with _open_client(flavor, f"127.0.0.1:{port}", timeout=10) as client:
+        call = asyncio.ensure_future(client.chat("echo", HI))
+        await asyncio.sleep(0.3)
+        assert not call.done()
+        async with _bare_server(AIPlatformServicer(ServiceRegistry([EchoChatService()])), port):
+            assert (await call).content == "hi"
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_without_a_service_config_a_call_fails_at_once_when_no_gateway_listens(flavor: str) -> None:
+    async with _open_client(flavor, f"127.0.0.1:{_free_port()}", timeout=10, service_config=None) as client:
+        with pytest.raises(AIPlatformError) as raised:
+            await asyncio.wait_for(client.chat("echo", HI), 5)
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def _short_deadline_config() -> dict[str, Any]:
+    config = default_service_config()
+    config["methodConfig"][0]["timeout"] = "0.3s"
+    return config
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize(
+    "given_as",
+    [
+        pytest.param(lambda: {"service_config": _short_deadline_config()}, id="dict"),
+        pytest.param(lambda: {"service_config": json.dumps(_short_deadline_config())}, id="json-text"),
+        pytest.param(
+            lambda: {"options": [("grpc.service_config", json.dumps(_short_deadline_config()))]}, id="channel-option"
+        ),
+    ],
+)
+async def test_a_call_without_a_timeout_gets_the_service_configs_deadline(
+    target: str, flavor: str, given_as: Callable[[], dict[str, Any]]
+) -> None:
+    async with _open_client(flavor, target, **given_as()) as client:
+        with pytest.raises(AIPlatformError) as raised:
+            await client.chat("echo", HI, {"delay_ms": 1000})
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # A longer timeout of the call's own does not lift it: gRPC takes the shorter of the two.
+        with pytest.raises(AIPlatformError) as raised:
+            await client.chat("echo", HI, {"delay_ms": 1000}, timeout=5)
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_default_service_config_is_the_documented_json_file() -> None:
+    config = default_service_config()
+    assert config == json.loads((ROOT / "clients" / "service_config.json").read_text(encoding="utf-8"))
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    (method_config,) = config["methodConfig"]
+    assert method_config["name"] == [{"service": "aiplatform.v1.AIPlatformService"}]
+    assert (method_config["waitForReady"], method_config["timeout"]) == (True, "600s")
+    assert method_config["retryPolicy"] == {
+        "maxAttempts": 3,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+    }
+    config["methodConfig"].clear()
+    assert default_service_config()["methodConfig"], "each call returns a fresh copy"
+
+
+def test_the_service_config_file_ships_with_the_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "service_config.json" in pyproject["tool"]["setuptools"]["package-data"]["clients"]
+
+
+async def test_an_upstream_failure_the_gateway_retried_is_not_retried_again_by_the_client(
+    target: str, fake_coze: Any
+) -> None:
+    """The gateway answers with retry pushback, so its 3 attempts do not become 3 x 3."""
+    from tests.fakes import coze as fake
+
+    def call() -> AIPlatformError:
+        with AIPlatformClient(target, timeout=20) as client, pytest.raises(AIPlatformError) as raised:
+            client.chat("coze", [{"role": "user", "content": "hi"}], parameters={"bot_id": fake.BOT_HTTP_502})
+        return raised.value
+
+    error = await asyncio.to_thread(call)
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert len([request for request in fake_coze.requests if request.path == "/v3/chat"]) == 3
