@@ -73,6 +73,8 @@ def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> di
     """
     return {
         "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
-        "limits": httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        # No cap of its own: the service's max_concurrent_calls (providers/guard.py) is the
+        # limit, and a pool cap below it would make calls queue silently for a connection.
+        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=100),
         "event_hooks": {"response": [_track_response]},
     }
