@@ -54,3 +54,9 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Not part of `make test`: starts the gateway, a fake upstream, baselines and load generators on
+# 127.0.0.1 and prints a Markdown table (benchmarks/README.md). `make bench BENCH_ARGS=--quick`.
+.PHONY: bench
+bench: $(STAMP) ## Benchmark the gateway against a minimal relay (benchmarks/out/results.json)
+	$(PY) -m benchmarks $(BENCH_ARGS)
