@@ -553,12 +553,13 @@ async def _raise_for_json_error(response: httpx.Response) -> None:
         return
     body = await response.aread()
     log_id = response.headers.get(LOG_ID_HEADER, "")
+    retry_after = response.headers.get("retry-after")
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict) and payload.get("code"):
-        raise coze_error(payload.get("code"), f"Coze: {payload.get('msg', '')}", log_id=log_id)
+        raise coze_error(payload.get("code"), f"Coze: {payload.get('msg', '')}", log_id=log_id, retry_after=retry_after)
     raise coze_error(
         response.status_code,
         f"Coze answered HTTP {response.status_code} without an event stream",

@@ -12,6 +12,7 @@ a garbage-collection cycle happens to find it.
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
@@ -64,6 +65,20 @@ async def _track_response(response: httpx.Response) -> None:
         call.responses.append(response)
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing.
+
+    One client serves every caller, so a cookie an upstream sets for one call would
+    otherwise be sent on everybody's later calls.
+    """
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
 def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
     """Keyword arguments for an ``httpx.AsyncClient`` (or subclass) whose responses are tracked.
 
@@ -77,4 +92,5 @@ def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> di
         # limit, and a pool cap below it would make calls queue silently for a connection.
         "limits": httpx.Limits(max_connections=None, max_keepalive_connections=100),
         "event_hooks": {"response": [_track_response]},
+        "cookies": _NoCookies(),
     }

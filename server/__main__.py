@@ -39,6 +39,8 @@ def configure_logging(level: int) -> None:
     cozepy_logger.handlers.clear()
     cozepy_logger.propagate = True
     cozepy_logger.setLevel(max(level, logging.WARNING))
+    # httpx logs every upstream request (with its URL) at INFO: per-call noise, kept for DEBUG.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 if __name__ == "__main__":

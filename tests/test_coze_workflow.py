@@ -168,3 +168,10 @@ async def test_cancelled_workflow_stream_closes_the_upstream_connection(
     disconnect = await fake_coze.wait_for_disconnect(timeout=2.0)
     assert disconnect.scenario == fake.WORKFLOW_STALL
     assert disconnect.time - cancelled_at < 1.0
+
+
+async def test_a_rate_limited_workflow_stream_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    events, error = await _collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_RATE_LIMITED)))
+    assert events == []
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]

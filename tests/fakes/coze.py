@@ -70,6 +70,7 @@ WORKFLOW_CUT = "wf-cut"  # one Message, then the TCP connection is aborted mid c
 WORKFLOW_NO_DONE = "wf-no-done"  # the Messages, then a clean end of the body without Done
 WORKFLOW_STALL = "wf-stall"  # one Message, then silence until the client goes away
 WORKFLOW_MISSING = "wf-missing"  # JSON {"code":4200} (run, stream_run and stream_resume)
+WORKFLOW_RATE_LIMITED = "wf-rate-limited"  # stream_run: HTTP 429, JSON {"code":4013}, Retry-After: RETRY_AFTER_SECONDS
 
 # --- Deterministic values tests can assert on ---
 CHAT_USAGE_INPUT_COUNT = 614
@@ -500,6 +501,8 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         workflow_id: str = body["workflow_id"]
         if workflow_id == WORKFLOW_MISSING:
             return _error(_NOT_FOUND)
+        if workflow_id == WORKFLOW_RATE_LIMITED:
+            return _error(_RATE_LIMITED, status=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         parameters = body.get("parameters")
         messages = [
             _node_message("Message", f"收到参数：{dumps(parameters)}", seq=0, finished=False),

@@ -1,0 +1,43 @@
+"""The shared upstream HTTP client: every response of a call closed, no cookies kept between callers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+
+from providers.http import tracked_client_options, upstream_call
+
+
+async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "session=caller-one; Path=/"}, text="ok")
+
+    options = tracked_client_options(connect_timeout=1, read_timeout=1)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), **options) as client:
+        await client.get("http://upstream.test/a")
+        await client.get("http://upstream.test/b")
+    assert seen == [None, None]
+
+
+async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x"
+
+    options = tracked_client_options(connect_timeout=1, read_timeout=1)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
+    async with httpx.AsyncClient(transport=transport, **options) as client:
+        async with upstream_call() as call:
+            first = await client.send(client.build_request("GET", "http://upstream.test/1"), stream=True)
+            second = await client.send(client.build_request("GET", "http://upstream.test/2"), stream=True)
+            assert call.responses == [first, second]
+            assert not first.is_closed and not second.is_closed
+        assert first.is_closed and second.is_closed
+        # Outside a call nothing is tracked.
+        outside = await client.send(client.build_request("GET", "http://upstream.test/3"), stream=True)
+        assert outside not in call.responses
+        await outside.aclose()
