@@ -77,7 +77,7 @@ async def fake() -> AsyncIterator[FakeCoze]:
 @pytest.fixture
 async def http_client() -> AsyncIterator[AsyncHTTPClient]:
     # Our own client so leaked (abandoned) cozepy streams are closed before the test ends.
-    client = AsyncHTTPClient()  # type: ignore[no-untyped-call]
+    client = AsyncHTTPClient()
     try:
         yield client
     finally:
