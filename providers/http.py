@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 _CURRENT_CALL: ContextVar[UpstreamCall | None] = ContextVar("aiplatform_upstream_call", default=None)
 
@@ -65,6 +66,23 @@ async def _track_response(response: httpx.Response) -> None:
         call.responses.append(response)
 
 
+class _Transport(AiohttpTransport):
+    """httpx-aiohttp's transport, with a hang-up reported as what it is.
+
+    It maps every aiohttp connection error to ``httpx.ConnectTimeout``, so an
+    upstream that closes the connection before answering would read as a timeout
+    (and not be retried); only a real timeout stays a timeout.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as error:
+            if isinstance(error.__cause__, TimeoutError):
+                raise
+            raise httpx.ConnectError(str(error), request=request) from error.__cause__
+
+
 class _NoCookies(http.cookiejar.CookieJar):
     """A cookie jar that keeps nothing.
 
@@ -88,9 +106,11 @@ def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> di
     """
     return {
         "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
-        # No cap of its own: the service's max_concurrent_calls (providers/guard.py) is the
-        # limit, and a pool cap below it would make calls queue silently for a connection.
-        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        # httpx's API on aiohttp's engine: the same calls at about 60 % of httpcore's CPU per
+        # streamed token (benchmarks/RESULTS.md). No pool cap of its own (0 = none for
+        # aiohttp): the service's max_concurrent_calls (providers/guard.py) is the limit,
+        # and a cap below it would make calls queue silently for a connection.
+        "transport": _Transport(limits=httpx.Limits(max_connections=0, max_keepalive_connections=100)),
         "event_hooks": {"response": [_track_response]},
         "cookies": _NoCookies(),
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from providers.http import tracked_client_options, upstream_call
 
@@ -17,7 +19,7 @@ async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
         return httpx.Response(200, headers={"set-cookie": "session=caller-one; Path=/"}, text="ok")
 
     options = tracked_client_options(connect_timeout=1, read_timeout=1)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), **options) as client:
+    async with httpx.AsyncClient(**{**options, "transport": httpx.MockTransport(handler)}) as client:
         await client.get("http://upstream.test/a")
         await client.get("http://upstream.test/b")
     assert seen == [None, None]
@@ -30,7 +32,7 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
 
     options = tracked_client_options(connect_timeout=1, read_timeout=1)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
-    async with httpx.AsyncClient(transport=transport, **options) as client:
+    async with httpx.AsyncClient(**{**options, "transport": transport}) as client:
         async with upstream_call() as call:
             first = await client.send(client.build_request("GET", "http://upstream.test/1"), stream=True)
             second = await client.send(client.build_request("GET", "http://upstream.test/2"), stream=True)
@@ -41,3 +43,24 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
         outside = await client.send(client.build_request("GET", "http://upstream.test/3"), stream=True)
         assert outside not in call.responses
         await outside.aclose()
+
+
+async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_a_timeout() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+        writer.close()
+
+    options = tracked_client_options(connect_timeout=1, read_timeout=0.2)
+    async with httpx.AsyncClient(**options) as client:
+        for handler, expected in ((hang_up, httpx.ConnectError), (say_nothing, httpx.TimeoutException)):
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                with pytest.raises(expected):
+                    await client.get(f"http://127.0.0.1:{port}/")
+            finally:
+                server.close()
