@@ -46,21 +46,30 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
 
 
 async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_a_timeout() -> None:
+    release: asyncio.Event
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1)
         writer.close()
+        await writer.wait_closed()
 
     async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+        await release.wait()
         writer.close()
+        await writer.wait_closed()
 
     options = tracked_client_options(connect_timeout=1, read_timeout=0.2)
     async with httpx.AsyncClient(**options) as client:
         for handler, expected in ((hang_up, httpx.ConnectError), (say_nothing, httpx.TimeoutException)):
+            release = asyncio.Event()
             server = await asyncio.start_server(handler, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
             try:
                 with pytest.raises(expected):
                     await client.get(f"http://127.0.0.1:{port}/")
             finally:
+                # Let the handlers close their connections before the loop goes away.
+                release.set()
                 server.close()
+                await server.wait_closed()
+                await asyncio.sleep(0.05)
