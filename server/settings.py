@@ -53,6 +53,21 @@ HttpURL = Annotated[str, AfterValidator(_http_url)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 
+# The per-service limits: ServiceConfig's name -> the setting's name (AIP_* and in the config file).
+_LIMIT_SETTINGS = {
+    "connect_timeout": "connect_timeout_seconds",
+    "first_token_timeout": "first_token_timeout_seconds",
+    "idle_timeout": "idle_timeout_seconds",
+    "total_timeout": "total_timeout_seconds",
+    "max_attempts": "max_attempts",
+    "max_concurrent_calls": "max_concurrent_calls",
+}
+
+
+def _limits(settings: BaseModel) -> dict[str, Any]:
+    return {key: getattr(settings, name) for key, name in _LIMIT_SETTINGS.items()}
+
+
 class GatewaySettings(BaseSettings):
     """The server itself (variables prefixed ``AIP_``)."""
 
@@ -84,14 +99,7 @@ class GatewaySettings(BaseSettings):
 
     def service_defaults(self) -> dict[str, Any]:
         """The per-service limits every service starts from (the config file may override them)."""
-        return {
-            "connect_timeout": self.connect_timeout_seconds,
-            "first_token_timeout": self.first_token_timeout_seconds,
-            "idle_timeout": self.idle_timeout_seconds,
-            "total_timeout": self.total_timeout_seconds,
-            "max_attempts": self.max_attempts,
-            "max_concurrent_calls": self.max_concurrent_calls,
-        }
+        return _limits(self)
 
     @field_validator("address")
     @classmethod
@@ -171,15 +179,7 @@ class ServiceEntry(BaseModel):
 
     def limits(self) -> dict[str, Any]:
         """The limits this entry sets, under ServiceConfig's names."""
-        limits = {
-            "connect_timeout": self.connect_timeout_seconds,
-            "first_token_timeout": self.first_token_timeout_seconds,
-            "idle_timeout": self.idle_timeout_seconds,
-            "total_timeout": self.total_timeout_seconds,
-            "max_attempts": self.max_attempts,
-            "max_concurrent_calls": self.max_concurrent_calls,
-        }
-        return {key: value for key, value in limits.items() if value is not None}
+        return {key: value for key, value in _limits(self).items() if value is not None}
 
     @model_validator(mode="before")
     @classmethod

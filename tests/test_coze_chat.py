@@ -17,6 +17,7 @@ from server.settings import CozeSettings, Settings
 from tests.conftest import error_details, make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.fakes.upstreams import collect
 
 HI = [pb.ChatMessage(role="user", content="hi")]
 
@@ -37,17 +38,6 @@ def _chat_request(bot_id: str = fake.BOT_NORMAL, **fields: Any) -> pb.ChatReques
     return pb.ChatRequest(service_name="coze", parameters=_parameters(bot_id=bot_id), **fields)
 
 
-async def _collect(call: Any) -> tuple[list[pb.StreamChatResponse], grpc.aio.AioRpcError | None]:
-    """Every message of a stream, and the error it ended with (None when OK)."""
-    received: list[pb.StreamChatResponse] = []
-    try:
-        async for response in call:
-            received.append(response)
-    except grpc.aio.AioRpcError as error:
-        return received, error
-    return received, None
-
-
 def _chat_posts(fake_coze: FakeCoze) -> list[fake.RecordedRequest]:
     return [request for request in fake_coze.requests if request.path == "/v3/chat"]
 
@@ -55,7 +45,7 @@ def _chat_posts(fake_coze: FakeCoze) -> list[fake.RecordedRequest]:
 async def test_stream_chat_relays_each_delta_and_ends_with_usage(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request()))
+    responses, error = await collect(stub.StreamChat(_stream_request()))
 
     assert error is None
     deltas = [response.delta for response in responses[:-1]]
@@ -84,7 +74,7 @@ async def test_messages_user_id_and_conversation_reach_coze(
         conversation_id="7381473525342978089",
     )
     request.parameters.update({"custom_variables": {"name": "小明"}, "meta_data": {"trace": "t-1"}})
-    responses, error = await _collect(stub.StreamChat(request))
+    responses, error = await collect(stub.StreamChat(request))
 
     assert error is None
     assert responses[-1].conversation_id == "7381473525342978089"
@@ -123,7 +113,7 @@ async def test_chat_joins_the_stream_without_polling(stub: pb_grpc.AIPlatformSer
 
 
 async def test_reasoning_goes_to_reasoning_delta(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_REASONING)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.BOT_REASONING)))
     assert error is None
     assert "".join(response.reasoning_delta for response in responses) == "".join(fake.REASONING_PIECES)
     assert "".join(response.delta for response in responses) == fake.DEFAULT_ANSWER
@@ -151,7 +141,7 @@ async def test_default_bot_id_comes_from_settings(fake_coze: FakeCoze) -> None:
 
 
 async def test_requires_action_ends_with_tool_calls(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_REQUIRES_ACTION)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.BOT_REQUIRES_ACTION)))
     assert error is None
     assert responses[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS
 
@@ -184,7 +174,7 @@ async def test_errors_before_the_first_event_map_to_statuses(
     for rpc in ("StreamChat", "Chat"):
         responses: list[object]
         if rpc == "StreamChat":
-            responses, error = await _collect(stub.StreamChat(_stream_request(bot_id)))  # type: ignore[assignment]
+            responses, error = await collect(stub.StreamChat(_stream_request(bot_id)))
         else:
             responses, error = await _unary(stub.Chat(_chat_request(bot_id)))
         assert responses == []
@@ -205,7 +195,7 @@ async def _unary(call: Any) -> tuple[list[object], grpc.aio.AioRpcError | None]:
 
 
 async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    _, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_RATE_LIMITED)))
+    _, error = await collect(stub.StreamChat(_stream_request(fake.BOT_RATE_LIMITED)))
     assert error is not None
     assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
 
@@ -222,7 +212,7 @@ async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub
 async def test_failures_after_chunks_deliver_the_chunks_then_fail(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze, bot_id: str, code: grpc.StatusCode, fragments: list[str]
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(bot_id)))
+    responses, error = await collect(stub.StreamChat(_stream_request(bot_id)))
 
     assert [response.delta for response in responses] == _first_pieces(2)
     assert error is not None, "a stream the upstream did not finish must not end OK"
@@ -245,7 +235,7 @@ async def test_wrong_token_is_the_gateways_configuration_and_never_leaks(fake_co
     settings = make_settings(fake_coze)
     settings.coze = CozeSettings(_env_file=None, api_token=wrong_token, api_base=fake_coze.base_url)
     async with _serving(settings) as stub:
-        _, stream_error = await _collect(stub.StreamChat(_stream_request()))
+        _, stream_error = await collect(stub.StreamChat(_stream_request()))
         _, unary_error = await _unary(stub.Chat(_chat_request()))
     for error in (stream_error, unary_error):
         assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -260,7 +250,7 @@ async def test_unreachable_coze_is_unavailable(fake_coze: FakeCoze) -> None:
     settings = make_settings(fake_coze)
     await fake_coze.stop()  # nothing listens on its port any more
     async with _serving(settings) as stub:
-        _, error = await _collect(stub.StreamChat(_stream_request()))
+        _, error = await collect(stub.StreamChat(_stream_request()))
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -289,7 +279,7 @@ async def test_deadline_bounds_a_stalled_upstream_and_closes_it(
 ) -> None:
     started = time.monotonic()
     if rpc == "StreamChat":
-        _, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_STALL), timeout=0.5))
+        _, error = await collect(stub.StreamChat(_stream_request(fake.BOT_STALL), timeout=0.5))
     else:
         _, error = await _unary(stub.Chat(_chat_request(fake.BOT_STALL), timeout=0.5))
     assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -301,7 +291,7 @@ async def test_final_message_does_not_wait_for_a_lingering_body(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze
 ) -> None:
     started = time.monotonic()
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.BOT_NO_CLOSE)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.BOT_NO_CLOSE)))
     assert error is None
     assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
     # The fake keeps its body open for NO_CLOSE_SECONDS after `done`; the gateway must not.

@@ -16,6 +16,7 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from tests.conftest import error_details
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.fakes.upstreams import collect
 
 HI = [pb.ChatMessage(role="user", content="hi")]
 CANCEL_PATH = "/v3/chat/cancel"
@@ -46,17 +47,6 @@ def _resume(**fields: Any) -> pb.ResumeWorkflowRequest:
     return pb.ResumeWorkflowRequest(**values)
 
 
-async def _collect(call: Any) -> tuple[list[Any], grpc.aio.AioRpcError | None]:
-    """Every message of a stream, and the error it ended with (None when OK)."""
-    received: list[Any] = []
-    try:
-        async for response in call:
-            received.append(response)
-    except grpc.aio.AioRpcError as error:
-        return received, error
-    return received, None
-
-
 def _chat_of(fake_coze: FakeCoze, bot_id: str) -> fake.CreatedChat:
     (created,) = [chat for chat in fake_coze.created_chats if chat.bot_id == bot_id]
     return created
@@ -68,14 +58,14 @@ def _chat_of(fake_coze: FakeCoze, bot_id: str) -> fake.CreatedChat:
 async def test_interrupt_answered_through_resume_workflow_runs_to_the_end(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze
 ) -> None:
-    started, error = await _collect(
+    started, error = await collect(
         stub.StreamWorkflow(pb.StreamWorkflowRequest(service_name="coze_workflow", workflow_id=fake.WORKFLOW_INTERRUPT))
     )
     assert error is None
     interrupt = started[-1].interrupt
     assert interrupt.event_id == fake.INTERRUPT_EVENT_ID
 
-    resumed, error = await _collect(
+    resumed, error = await collect(
         stub.ResumeWorkflow(
             pb.ResumeWorkflowRequest(
                 service_name="coze_workflow",
@@ -117,7 +107,7 @@ async def test_interrupt_answered_through_resume_workflow_runs_to_the_end(
 async def test_resume_without_what_it_needs_is_invalid_argument_naming_the_field(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze, fields: dict[str, str], field: str
 ) -> None:
-    received, error = await _collect(stub.ResumeWorkflow(_resume(**fields)))
+    received, error = await collect(stub.ResumeWorkflow(_resume(**fields)))
 
     assert received == []
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -130,7 +120,7 @@ async def test_resume_without_what_it_needs_is_invalid_argument_naming_the_field
 async def test_resume_of_an_unknown_event_is_not_found(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze
 ) -> None:
-    received, error = await _collect(stub.ResumeWorkflow(_resume(event_id="7404830425073352713/1")))
+    received, error = await collect(stub.ResumeWorkflow(_resume(event_id="7404830425073352713/1")))
 
     assert received == []
     assert error is not None and error.code() == grpc.StatusCode.NOT_FOUND
@@ -144,7 +134,7 @@ async def test_resume_of_an_unknown_event_is_not_found(
 
 
 async def test_a_resumed_workflow_that_fails_part_way_never_ends_ok(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    received, error = await _collect(stub.ResumeWorkflow(_resume(workflow_id=fake.WORKFLOW_ERROR_EVENT)))
+    received, error = await collect(stub.ResumeWorkflow(_resume(workflow_id=fake.WORKFLOW_ERROR_EVENT)))
 
     assert len(received) == 1
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
@@ -171,7 +161,7 @@ async def test_cancelled_resume_closes_the_upstream_connection(
 async def test_requires_action_gives_the_tool_calls_on_the_final_stream_message(
     stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_chat(fake.BOT_REQUIRES_ACTION)))
+    responses, error = await collect(stub.StreamChat(_stream_chat(fake.BOT_REQUIRES_ACTION)))
 
     assert error is None
     final = responses[-1]
@@ -213,7 +203,7 @@ async def test_a_finished_answer_has_no_tool_calls(stub: pb_grpc.AIPlatformServi
 async def test_follow_ups_arrive_in_their_own_field_on_the_final_stream_message(
     stub: pb_grpc.AIPlatformServiceStub,
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_chat(fake.BOT_FOLLOW_UPS)))
+    responses, error = await collect(stub.StreamChat(_stream_chat(fake.BOT_FOLLOW_UPS)))
 
     assert error is None
     assert list(responses[-1].follow_ups) == list(fake.FOLLOW_UP_QUESTIONS)
@@ -274,11 +264,11 @@ async def test_chats_that_coze_ended_are_never_cancelled(
 ) -> None:
     # Completed, waiting for tool outputs, or failed upstream: Coze already ended each chat.
     for bot_id in (fake.BOT_NORMAL, fake.BOT_FOLLOW_UPS, fake.BOT_REQUIRES_ACTION):
-        _, error = await _collect(stub.StreamChat(_stream_chat(bot_id)))
+        _, error = await collect(stub.StreamChat(_stream_chat(bot_id)))
         assert error is None
         await stub.Chat(_chat(bot_id))
     for bot_id in (fake.BOT_FAILED, fake.BOT_ERROR_EVENT):
-        _, error = await _collect(stub.StreamChat(_stream_chat(bot_id)))
+        _, error = await collect(stub.StreamChat(_stream_chat(bot_id)))
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
     # A caller that leaves as soon as it has the final message, while the gateway still
     # reads the rest of Coze's body: the chat completed, so there is nothing to cancel.

@@ -17,6 +17,7 @@ from server.settings import CozeSettings
 from tests.conftest import error_details, make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.fakes.upstreams import collect
 
 INPUTS = {"city": "北京", "days": 3, "ratio": 0.5, "ids": ["7379462189365198898"], "nested": {"n": 1}}
 
@@ -31,16 +32,6 @@ def _stream_request(workflow_id: str = fake.WORKFLOW_NORMAL, **fields: Any) -> p
     return pb.StreamWorkflowRequest(
         service_name="coze_workflow", workflow_id=workflow_id, parameters=_struct(INPUTS), **fields
     )
-
-
-async def _collect(call: Any) -> tuple[list[pb.StreamWorkflowResponse], grpc.aio.AioRpcError | None]:
-    received: list[pb.StreamWorkflowResponse] = []
-    try:
-        async for response in call:
-            received.append(response)
-    except grpc.aio.AioRpcError as error:
-        return received, error
-    return received, None
 
 
 def _sent(fake_coze: FakeCoze, path: str) -> list[fake.RecordedRequest]:
@@ -77,7 +68,7 @@ async def test_run_workflow_returns_output_ids_and_usage(
 
 
 async def test_stream_workflow_relays_each_node_event(stub: pb_grpc.AIPlatformServiceStub, fake_coze: FakeCoze) -> None:
-    events, error = await _collect(stub.StreamWorkflow(_stream_request()))
+    events, error = await collect(stub.StreamWorkflow(_stream_request()))
 
     assert error is None
     assert [event.node_title for event in events] == ["Message", "Message", "End"]
@@ -90,13 +81,13 @@ async def test_stream_workflow_relays_each_node_event(stub: pb_grpc.AIPlatformSe
 
 
 async def test_ping_heartbeats_are_skipped(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    events, error = await _collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_PING)))
+    events, error = await collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_PING)))
     assert error is None
     assert [event.node_title for event in events] == ["Message", "Message", "End"]
 
 
 async def test_interrupt_arrives_with_event_id_and_type(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    events, error = await _collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_INTERRUPT)))
+    events, error = await collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_INTERRUPT)))
 
     assert error is None
     question, interrupt = events
@@ -117,7 +108,7 @@ async def test_default_workflow_id_comes_from_settings(fake_coze: FakeCoze) -> N
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.AIPlatformServiceStub(channel)
             await stub.RunWorkflow(pb.RunWorkflowRequest(service_name="coze_workflow"))
-            await _collect(stub.StreamWorkflow(pb.StreamWorkflowRequest(service_name="coze_workflow")))
+            await collect(stub.StreamWorkflow(pb.StreamWorkflowRequest(service_name="coze_workflow")))
     finally:
         await server.stop(0)
     assert [request.json["workflow_id"] for request in fake_coze.requests] == ["wf-default", "wf-default"]
@@ -140,7 +131,7 @@ async def test_a_workflow_that_did_not_finish_never_ends_ok(
     fragment: str,
     delivered: int,
 ) -> None:
-    events, error = await _collect(stub.StreamWorkflow(_stream_request(workflow_id)))
+    events, error = await collect(stub.StreamWorkflow(_stream_request(workflow_id)))
 
     assert len(events) == delivered
     assert error is not None and error.code() == code
@@ -171,7 +162,7 @@ async def test_cancelled_workflow_stream_closes_the_upstream_connection(
 
 
 async def test_a_rate_limited_workflow_stream_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    events, error = await _collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_RATE_LIMITED)))
+    events, error = await collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_RATE_LIMITED)))
     assert events == []
     assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]

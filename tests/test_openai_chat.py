@@ -31,6 +31,7 @@ from server.app import start_server
 from tests.conftest import error_details, make_settings
 from tests.fakes import openai as fake
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.upstreams import collect
 
 HI = [pb.ChatMessage(role="user", content="hi")]
 COMPLETIONS_PATH = "/v1/chat/completions"
@@ -90,17 +91,6 @@ def _chat_request(model: str | None = None, **fields: Any) -> pb.ChatRequest:
     return pb.ChatRequest(service_name="openai", parameters=parameters, **fields)
 
 
-async def _collect(call: Any) -> tuple[list[pb.StreamChatResponse], grpc.aio.AioRpcError | None]:
-    """Every message of a stream, and the error it ended with (None when OK)."""
-    received: list[pb.StreamChatResponse] = []
-    try:
-        async for response in call:
-            received.append(response)
-    except grpc.aio.AioRpcError as error:
-        return received, error
-    return received, None
-
-
 async def _unary_error(call: Any) -> grpc.aio.AioRpcError | None:
     try:
         await call
@@ -125,7 +115,7 @@ def _trailing_bytes(error: grpc.aio.AioRpcError) -> bytes:
 async def test_stream_chat_relays_each_delta_and_ends_with_usage(
     stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request()))
+    responses, error = await collect(stub.StreamChat(_stream_request()))
 
     assert error is None
     deltas = [response.delta for response in responses[:-1]]
@@ -150,7 +140,7 @@ async def test_stream_request_carries_key_model_messages_and_include_usage(
         pb.ChatMessage(role="assistant", content="第一答"),
         pb.ChatMessage(role="user", content="第二问"),
     ]
-    _, error = await _collect(stub.StreamChat(_stream_request(messages=messages)))
+    _, error = await collect(stub.StreamChat(_stream_request(messages=messages)))
 
     assert error is None
     (sent,) = fake_openai.requests
@@ -186,7 +176,7 @@ async def test_chat_is_one_non_streaming_request(stub: pb_grpc.AIPlatformService
 
 
 async def test_reasoning_goes_to_reasoning_delta(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_REASONING)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_REASONING)))
     assert error is None
     reasoning = [response.reasoning_delta for response in responses if response.reasoning_delta]
     assert reasoning == list(fake.REASONING_PIECES)
@@ -214,7 +204,7 @@ async def test_options_are_forwarded_in_their_json_types(
             "response_format": {"type": "json_object"},
         }
     )
-    _, error = await _collect(stub.StreamChat(request))
+    _, error = await collect(stub.StreamChat(request))
 
     assert error is None
     sent = fake_openai.requests[-1].json
@@ -233,7 +223,7 @@ async def test_unknown_option_is_rejected_naming_the_key(
 ) -> None:
     request = _stream_request()
     request.parameters.update({"top_k": 40})
-    _, error = await _collect(stub.StreamChat(request))
+    _, error = await collect(stub.StreamChat(request))
 
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "parameters.top_k" in (error.details() or "")
@@ -251,7 +241,7 @@ async def test_model_parameter_overrides_the_default(
 
 
 async def test_length_limit_is_the_finish_reason(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_LENGTH)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_LENGTH)))
     assert error is None
     assert responses[-1].finish_reason == pb.FINISH_REASON_LENGTH
 
@@ -260,14 +250,14 @@ async def test_length_limit_is_the_finish_reason(stub: pb_grpc.AIPlatformService
 
 
 async def test_split_utf8_characters_arrive_whole(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_SPLIT_UTF8)))
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_SPLIT_UTF8)))
     assert error is None
     assert "".join(response.delta for response in responses) == fake.SPLIT_UTF8_ANSWER
 
 
 async def test_calls_reuse_one_pooled_connection(stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI) -> None:
     for _ in range(2):
-        _, error = await _collect(stub.StreamChat(_stream_request()))
+        _, error = await collect(stub.StreamChat(_stream_request()))
         assert error is None
     await stub.Chat(_chat_request())
     ports = {request.client_port for request in fake_openai.requests}
@@ -294,7 +284,7 @@ async def test_http_errors_map_to_statuses(
     reason: str,
     upstream_code: str,
 ) -> None:
-    responses, stream_error = await _collect(stub.StreamChat(_stream_request(model)))
+    responses, stream_error = await collect(stub.StreamChat(_stream_request(model)))
     assert responses == []
     stream_request_id = fake_openai.requests[-1].request_id
     unary_error = await _unary_error(stub.Chat(_chat_request(model)))
@@ -309,13 +299,13 @@ async def test_http_errors_map_to_statuses(
 
 
 async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_RATE_LIMITED)))
+    _, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_RATE_LIMITED)))
     assert error is not None
     assert error_details(error)["RetryInfo"].retry_delay.seconds == fake.RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
 
 
 async def test_missing_model_message_comes_from_the_upstream(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_MISSING)))
+    _, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_MISSING)))
     assert error is not None
     assert f"The model `{fake.MODEL_MISSING}` does not exist" in (error.details() or "")
 
@@ -332,7 +322,7 @@ async def test_missing_model_message_comes_from_the_upstream(stub: pb_grpc.AIPla
 async def test_unfinished_streams_deliver_their_chunks_then_fail(
     stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI, model: str, pieces: int, fragment: str
 ) -> None:
-    responses, error = await _collect(stub.StreamChat(_stream_request(model)))
+    responses, error = await collect(stub.StreamChat(_stream_request(model)))
 
     assert [response.delta for response in responses] == _first_pieces(pieces)
     assert all(response.finish_reason == pb.FINISH_REASON_UNSPECIFIED for response in responses)
@@ -343,7 +333,7 @@ async def test_unfinished_streams_deliver_their_chunks_then_fail(
 
 
 async def test_error_in_stream_keeps_the_upstream_type_as_code(stub: pb_grpc.AIPlatformServiceStub) -> None:
-    _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_ERROR_IN_STREAM)))
+    _, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_ERROR_IN_STREAM)))
     assert error is not None
     info = error_details(error)["ErrorInfo"]
     assert (info.reason, info.metadata["upstream_code"]) == ("UPSTREAM_UNAVAILABLE", "server_error")  # type: ignore[attr-defined]
@@ -358,7 +348,7 @@ async def test_broken_whole_answers_are_unavailable(stub: pb_grpc.AIPlatformServ
 async def test_wrong_key_is_the_gateways_configuration_and_never_leaks(fake_openai: FakeOpenAI) -> None:
     wrong_key = "sk-wrong-key-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
     async with _serving(_service(fake_openai, api_key=wrong_key)) as stub:
-        _, stream_error = await _collect(stub.StreamChat(_stream_request()))
+        _, stream_error = await collect(stub.StreamChat(_stream_request()))
         unary_error = await _unary_error(stub.Chat(_chat_request()))
     for error in (stream_error, unary_error):
         assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -371,7 +361,7 @@ async def test_wrong_key_is_the_gateways_configuration_and_never_leaks(fake_open
 async def test_without_a_key_the_service_is_not_ready(fake_openai: FakeOpenAI) -> None:
     async with _serving(_service(fake_openai, api_key=None)) as stub:
         (info,) = (await stub.ListServices(pb.ListServicesRequest())).services
-        _, error = await _collect(stub.StreamChat(_stream_request()))
+        _, error = await collect(stub.StreamChat(_stream_request()))
     assert (info.name, info.provider, info.ready) == ("openai", "openai", False)
     assert "no API key" in info.not_ready_reason
     assert error is not None and error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -383,7 +373,7 @@ async def test_unreachable_upstream_is_unavailable(fake_openai: FakeOpenAI) -> N
     service = _service(fake_openai)
     await fake_openai.stop()  # nothing listens on its port any more
     async with _serving(service) as stub:
-        _, error = await _collect(stub.StreamChat(_stream_request()))
+        _, error = await collect(stub.StreamChat(_stream_request()))
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -412,7 +402,7 @@ async def test_deadline_bounds_a_stalled_upstream_and_closes_it(
 ) -> None:
     started = time.monotonic()
     if rpc == "StreamChat":
-        _, error = await _collect(stub.StreamChat(_stream_request(fake.MODEL_STALL), timeout=0.5))
+        _, error = await collect(stub.StreamChat(_stream_request(fake.MODEL_STALL), timeout=0.5))
     else:
         error = await _unary_error(stub.Chat(_chat_request(fake.MODEL_STALL), timeout=0.5))
     assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED

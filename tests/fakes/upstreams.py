@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -29,6 +29,8 @@ from server.app import GatewayServer, start_server
 from tests.conftest import make_settings
 from tests.fakes import coze, openai
 from tests.fakes._server import FakeUpstream
+
+_Message = TypeVar("_Message")
 
 PROVIDERS = ("coze", "openai")
 
@@ -191,9 +193,9 @@ async def serving(*services: tuple[ChatService, CallPolicy]) -> AsyncIterator[Ga
         await server.stop(0)
 
 
-async def collect(call: Any) -> tuple[list[pb.StreamChatResponse], grpc.aio.AioRpcError | None]:
+async def collect(call: AsyncIterable[_Message]) -> tuple[list[_Message], grpc.aio.AioRpcError | None]:
     """Every message of a stream, and the error it ended with (None when OK)."""
-    received: list[pb.StreamChatResponse] = []
+    received: list[_Message] = []
     try:
         async for response in call:
             received.append(response)
