@@ -341,7 +341,7 @@ async def _workflow_events(
                 stream=True,
             )
             await _raise_for_json_error(response)
-            async for sse in iter_sse(response):
+            async for sse in iter_sse(response.aiter_bytes()):
                 if sse.event == "Message":
                     yield _workflow_message(sse)
                 elif sse.event == "Interrupt":

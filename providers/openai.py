@@ -152,7 +152,7 @@ class OpenAIChatService(ChatService):
                 finish_reason: FinishReason | None = None
                 usage: Usage | None = None
                 chat_id = ""
-                async with contextlib.aclosing(iter_sse(response)) as events:
+                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
                     async for sse in events:
                         data = sse.data
                         if data == "[DONE]":

@@ -1,4 +1,4 @@
-"""A small Server-Sent Events reader over an httpx streaming response.
+"""A small Server-Sent Events reader over the chunks of a streaming HTTP body.
 
 It follows the WHATWG event-stream rules that matter for AI upstreams: a blank
 line dispatches the event, ``:`` lines are comments (heartbeats), a space after
@@ -12,10 +12,8 @@ inside a string, and would cut such an event in two.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
-
-import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +25,8 @@ class ServerSentEvent:
     id: str = ""
 
 
-async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
-    """Yield the events of ``response`` as they arrive.
+async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[ServerSentEvent, None]:
+    """Yield the events of a body, given as its chunks (httpx ``aiter_bytes()``, aiohttp ``iter_any()``).
 
     An event still pending at the end of the body is dispatched too: Coze's own
     recorded streams end without the final blank line.
@@ -36,7 +34,7 @@ async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, 
     event = ""
     event_id = ""
     data: list[str] = []
-    async for line in _iter_lines(response):
+    async for line in _iter_lines(chunks):
         if not line:
             if data or event:
                 yield ServerSentEvent(event or "message", "\n".join(data), event_id)
@@ -61,10 +59,10 @@ async def iter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-async def _iter_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+async def _iter_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
     """The body's lines, split at CR, LF and CRLF only, each decoded as UTF-8."""
     pending = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         pending += chunk
         # A CR at the end may be the first half of a CRLF: wait for the next chunk.
         complete = len(pending) - 1 if pending.endswith(b"\r") else len(pending)

@@ -15,7 +15,7 @@ async def _events(*chunks: bytes) -> list[ServerSentEvent]:
         for chunk in chunks:
             yield chunk
 
-    return [event async for event in iter_sse(httpx.Response(200, content=body()))]
+    return [event async for event in iter_sse(httpx.Response(200, content=body()).aiter_bytes())]
 
 
 async def test_separators_json_may_carry_raw_do_not_end_a_line() -> None:
