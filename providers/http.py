@@ -1,6 +1,12 @@
-"""Upstream HTTP calls that are always closed: one tracker per call, one pooled client per provider.
+"""Upstream HTTP: one pooled client per provider, every response closed however its call ends.
 
-A provider opens its upstream call inside ``async with upstream_call() as call``.
+Two clients, one engine. Providers that own their wire format (OpenAI-compatible) use
+an aiohttp session from ``upstream_session``: the least CPU per call and per token
+(benchmarks/RESULTS.md), and ``async with session.post(...)`` releases the response
+when the block ends, however it ends. cozepy needs an httpx client: it gets one on
+aiohttp's engine (``tracked_client_options``), with the tracker below.
+
+A provider using the httpx client opens its upstream call inside ``async with upstream_call() as call``.
 Every HTTP response the shared client produces inside that block is recorded on
 ``call`` (through an httpx response hook) and closed when the block ends, however
 it ends: normally, by an exception, or by the caller cancelling. This matters
@@ -17,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -114,3 +121,20 @@ def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> di
         "event_hooks": {"response": [_track_response]},
         "cookies": _NoCookies(),
     }
+
+
+def upstream_session(*, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+    """A pooled aiohttp session for one provider; create it inside the event loop that uses it.
+
+    ``read_timeout`` bounds each wait for the next bytes (the silence tolerated between
+    two chunks of a stream); the caller's gRPC deadline bounds the whole call.
+    """
+    return aiohttp.ClientSession(
+        # No pool cap of its own (0 = none): the service's max_concurrent_calls
+        # (providers/guard.py) is the limit, and a lower cap would queue calls silently.
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+        # One session serves every caller: a cookie one upstream answer sets must not
+        # ride along on everybody's later calls.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat: ``POST {base_url}/chat/completions`` over one pooled httpx client.
+"""OpenAI-compatible chat: ``POST {base_url}/chat/completions`` over one pooled aiohttp session.
 
 Speaks the Chat Completions wire format that OpenAI and many others (DeepSeek, Qwen's
 compatible mode, vLLM, ...) share. Streams are read with our own SSE reader and
@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 
 from providers.base import (
     ChatEvent,
@@ -45,7 +45,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http import UpstreamCall, tracked_client_options, upstream_call
+from providers.http import upstream_session
 from providers.sse import ServerSentEvent, iter_sse
 
 PROVIDER = "openai"
@@ -95,6 +95,10 @@ _STATUS_BY_ERROR_CODE = {
 # Upstreams echo keys back in their messages (OpenAI: "Incorrect API key provided: sk-ab***cd").
 _KEY_LIKE = re.compile(r"\bsk-[\w*.-]+")
 
+# The most of the body read at once: a reader that fell behind the upstream would
+# otherwise get the whole receive buffer in one piece, and split it into lines at once.
+_READ_CHUNK_BYTES = 16 * 1024
+
 # How long to keep reading after [DONE] for the body to end, so the connection goes
 # back to the pool; past it the connection is dropped instead.
 _DRAIN_SECONDS = 1.0
@@ -126,44 +130,55 @@ class OpenAIChatService(ChatService):
         self._api_key = api_key or ""
         # The wiring knows where the key comes from ("OPENAI_API_KEY is not set"); the provider does not.
         self._missing_key_reason = missing_key_reason
-        self._headers = {"Authorization": f"Bearer {self._api_key}"}
+        self._headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         self._default_model = default_model
-        # One client per service: its pool keeps TLS connections to the upstream warm.
-        self._http = httpx.AsyncClient(
-            **tracked_client_options(connect_timeout=connect_timeout, read_timeout=read_timeout)
-        )
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        # One session per service: its pool keeps TLS connections to the upstream warm.
+        self._session: aiohttp.ClientSession | None = None
 
     def not_ready_reason(self) -> str:
         return "" if self._api_key else self._missing_key_reason
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the event loop that runs the calls.
+        if self._session is None:
+            self._session = upstream_session(connect_timeout=self._connect_timeout, read_timeout=self._read_timeout)
+        return self._session
+
+    def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return self._client().post(self._url, data=json.dumps(body).encode(), headers=self._headers)
 
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         body = self._request_body(request, stream=True)
-        async with upstream_call() as call:
-            with _map_transport_errors(call):
-                response = await self._http.send(
-                    self._http.build_request("POST", self._url, json=body, headers=self._headers), stream=True
-                )
-                await self._raise_for_status(response, call)
-                await self._raise_for_json_instead_of_stream(response, call)
+        exchange = _Exchange()
+        with _map_transport_errors(exchange):
+            # Leaving this block, however the call ends (the caller cancelled, a timeout, an
+            # error), releases the response: an unfinished one drops its connection.
+            async with self._post(body) as response:
+                exchange.headers = response.headers
+                await self._raise_for_status(response, exchange)
+                await self._raise_for_json_instead_of_stream(response, exchange)
                 finish_reason: FinishReason | None = None
                 usage: Usage | None = None
                 chat_id = ""
-                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
+                async with contextlib.aclosing(iter_sse(response.content.iter_chunked(_READ_CHUNK_BYTES))) as events:
                     async for sse in events:
                         data = sse.data
                         if data == "[DONE]":
                             if finish_reason is None:
-                                raise self._broken(call, "the stream ended with [DONE] but no finish_reason")
+                                raise self._broken(exchange, "the stream ended with [DONE] but no finish_reason")
                             yield ChatFinished(finish_reason=finish_reason, usage=usage, chat_id=chat_id)
                             await _drain(events)
                             return
                         if not data:
                             continue  # an event with no data (a keep-alive of some servers)
-                        chunk = self._chunk(data, call)
+                        chunk = self._chunk(data, exchange)
                         if not chat_id:
                             chat_id = str(chunk.get("id") or "")
                         choices = chunk.get("choices")
@@ -182,39 +197,41 @@ class OpenAIChatService(ChatService):
                             if reason and isinstance(reason, str):
                                 finish_reason = _FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
                         elif "error" in chunk:
-                            raise self._error(None, chunk["error"], call, "the upstream failed mid-stream")
+                            raise self._error(None, chunk["error"], exchange, "the upstream failed mid-stream")
                         # Usage comes in the final choices-less chunk (include_usage); some servers
                         # put it on other chunks too, so the last one seen wins.
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
-                raise self._broken(call, "the stream ended before data: [DONE]")
+                raise self._broken(exchange, "the stream ended before data: [DONE]")
 
     async def chat(self, request: ChatInput) -> ChatResult:
         """Answer a whole turn with one non-streaming request."""
         body = self._request_body(request, stream=False)
-        async with upstream_call() as call:
-            with _map_transport_errors(call):
-                response = await self._http.post(self._url, json=body, headers=self._headers)
-                await self._raise_for_status(response, call)
-            payload = _json_object(response.content)
-            choices = payload.get("choices") if payload is not None else None
-            if payload is not None and not choices and "error" in payload:
-                raise self._error(None, payload["error"], call, "the upstream failed")
-            choice = choices[0] if isinstance(choices, list) and choices else None
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if payload is None or choice is None or not isinstance(message, dict):
-                raise self._broken(call, "the upstream answered with a malformed chat.completion")
-            reason = choice.get("finish_reason")
-            return ChatResult(
-                content=_text(message.get("content")),
-                reasoning=_text(message.get("reasoning_content")),
-                # The whole body arrived, so a missing finish_reason is unknown, not a cut.
-                finish_reason=_FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
-                if isinstance(reason, str)
-                else FinishReason.UNSPECIFIED,
-                usage=_usage(payload.get("usage")),
-                chat_id=str(payload.get("id") or ""),
-            )
+        exchange = _Exchange()
+        with _map_transport_errors(exchange):
+            async with self._post(body) as response:
+                exchange.headers = response.headers
+                await self._raise_for_status(response, exchange)
+                raw = await response.read()
+        payload = _json_object(raw)
+        choices = payload.get("choices") if payload is not None else None
+        if payload is not None and not choices and "error" in payload:
+            raise self._error(None, payload["error"], exchange, "the upstream failed")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if payload is None or choice is None or not isinstance(message, dict):
+            raise self._broken(exchange, "the upstream answered with a malformed chat.completion")
+        reason = choice.get("finish_reason")
+        return ChatResult(
+            content=_text(message.get("content")),
+            reasoning=_text(message.get("reasoning_content")),
+            # The whole body arrived, so a missing finish_reason is unknown, not a cut.
+            finish_reason=_FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
+            if isinstance(reason, str)
+            else FinishReason.UNSPECIFIED,
+            usage=_usage(payload.get("usage")),
+            chat_id=str(payload.get("id") or ""),
+        )
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -240,48 +257,58 @@ class OpenAIChatService(ChatService):
 
     # --- responses --------------------------------------------------------------------------------
 
-    async def _raise_for_status(self, response: httpx.Response, call: UpstreamCall) -> None:
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, exchange: _Exchange) -> None:
         """Raise the typed error for an HTTP error status, from the OpenAI error body when there is one."""
-        if response.status_code < 400:
+        if response.status < 400:
             return
-        payload = _json_object(await response.aread())
+        payload = _json_object(await response.read())
         error = payload.get("error") if payload is not None else None
-        raise self._error(response.status_code, error, call, f"the upstream answered HTTP {response.status_code}")
+        raise self._error(response.status, error, exchange, f"the upstream answered HTTP {response.status}")
 
-    async def _raise_for_json_instead_of_stream(self, response: httpx.Response, call: UpstreamCall) -> None:
+    async def _raise_for_json_instead_of_stream(self, response: aiohttp.ClientResponse, exchange: _Exchange) -> None:
         """Some servers answer a failed stream request with a JSON error body and HTTP 200."""
         if not response.headers.get("content-type", "").startswith("application/json"):
             return
-        payload = _json_object(await response.aread())
+        payload = _json_object(await response.read())
         if payload is not None and "error" in payload:
-            raise self._error(None, payload["error"], call, "the upstream failed")
-        raise self._broken(call, "the upstream answered with JSON instead of an event stream")
+            raise self._error(None, payload["error"], exchange, "the upstream failed")
+        raise self._broken(exchange, "the upstream answered with JSON instead of an event stream")
 
-    def _chunk(self, data: str, call: UpstreamCall) -> dict[str, Any]:
+    def _chunk(self, data: str, exchange: _Exchange) -> dict[str, Any]:
         """One stream chunk as a JSON object; anything else is a broken stream."""
         try:
             chunk = json.loads(data)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
-            raise self._broken(call, "the upstream sent a malformed stream event (not a JSON object)")
+            raise self._broken(exchange, "the upstream sent a malformed stream event (not a JSON object)")
         return chunk
 
-    def _broken(self, call: UpstreamCall, what: str) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
-            f"service {self.name!r}: {what}", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
-        )
+    def _broken(self, exchange: _Exchange, what: str) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"service {self.name!r}: {what}", provider=PROVIDER, log_id=exchange.log_id())
 
-    def _error(self, status: int | None, error: object, call: UpstreamCall, fallback: str) -> UpstreamError:
+    def _error(self, status: int | None, error: object, exchange: _Exchange, fallback: str) -> UpstreamError:
         return openai_error(
             status,
             error,
             service=self.name,
             fallback_message=fallback,
-            log_id=call.header(LOG_ID_HEADER),
-            retry_after_seconds=_retry_after(call),
+            log_id=exchange.log_id(),
+            retry_after_seconds=_retry_after(exchange.headers),
             secret=self._api_key,
         )
+
+
+class _Exchange:
+    """The upstream response's headers once they arrived, for log ids and Retry-After in errors."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self) -> None:
+        self.headers: Mapping[str, str] = {}
+
+    def log_id(self) -> str:
+        return self.headers.get(LOG_ID_HEADER, "")
 
 
 def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,10 +364,10 @@ def _usage(usage: object) -> Usage | None:
     return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total or prompt + completion)
 
 
-def _retry_after(call: UpstreamCall) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds; HTTP dates are ignored)."""
     for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = call.header(header)
+        value = headers.get(header)
         if value:
             with contextlib.suppress(ValueError):
                 seconds = float(value) * scale
@@ -351,7 +378,7 @@ def _retry_after(call: UpstreamCall) -> float | None:
 
 async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
     """Read to the end of the body so the connection can be reused."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
         async with asyncio.timeout(_DRAIN_SECONDS):
             async for _ in events:
                 pass
@@ -416,19 +443,21 @@ def _redact(text: str, secret: str) -> str:
 
 
 @contextlib.contextmanager
-def _map_transport_errors(call: UpstreamCall) -> Iterator[None]:
-    """Translate httpx's exceptions into the gateway's error tree."""
+def _map_transport_errors(exchange: _Exchange) -> Iterator[None]:
+    """Translate aiohttp's exceptions into the gateway's error tree."""
     try:
         yield
-    except httpx.TimeoutException as error:
+    except TimeoutError as error:
+        # aiohttp's connect and read timeouts (ConnectionTimeoutError, SocketTimeoutError) are TimeoutErrors.
         raise UpstreamTimeout(
             f"the upstream did not answer in time ({type(error).__name__})",
             provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
+            log_id=exchange.log_id(),
         ) from error
-    except (httpx.TransportError, httpx.DecodingError) as error:
+    except aiohttp.ClientError as error:
+        # Refused, reset, hung up, or a body cut short (ClientPayloadError).
         raise UpstreamUnavailable(
             f"the upstream is unreachable or broke the connection ({type(error).__name__})",
             provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
+            log_id=exchange.log_id(),
         ) from error

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import httpx
 import pytest
+from aiohttp import web
 from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
@@ -477,24 +478,34 @@ def _sse(*events: object) -> bytes:
     return b"".join(f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode() for event in events)
 
 
-async def _mocked(handler: Any, **options: Any) -> OpenAIChatService:
-    """A service whose HTTP client answers through ``handler`` (httpx.MockTransport), keeping its hooks."""
-    service = _offline_service(default_model="m", **options)
-    await service.aclose()
-    service._http = httpx.AsyncClient(transport=httpx.MockTransport(handler), event_hooks=service._http.event_hooks)
-    return service
+@contextlib.asynccontextmanager
+async def _answering(
+    body: bytes, *, status: int = 200, content_type: str = "text/event-stream", **options: Any
+) -> AsyncIterator[OpenAIChatService]:
+    """A service whose upstream, a real HTTP server on 127.0.0.1, answers every request with ``body``."""
 
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type=content_type)
 
-def _answering(body: bytes) -> Any:
-    """A MockTransport handler that answers every request with ``body`` as an event stream."""
-    return lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-
-
-async def _stream_events(service: OpenAIChatService) -> list[object]:
+    app = web.Application()
+    app.router.add_post(COMPLETIONS_PATH, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    options.setdefault("api_key", "sk-test")
+    service = OpenAIChatService("openai", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", **options)
     try:
-        return [event async for event in service.stream_chat(_input())]
+        yield service
     finally:
         await service.aclose()
+        await runner.cleanup()
+
+
+async def _stream_events(body: bytes, **options: Any) -> list[object]:
+    async with _answering(body, **options) as service:
+        return [event async for event in service.stream_chat(_input())]
 
 
 def _chunk(**choice: Any) -> dict[str, Any]:
@@ -503,13 +514,10 @@ def _chunk(**choice: Any) -> dict[str, Any]:
 
 async def test_auth_errors_redact_keys_the_upstream_echoes() -> None:
     key = "sk-secret-0123456789abcdef"
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        message = f"Incorrect API key provided: {key}. Masked: sk-secr***cdef."
-        return httpx.Response(401, json={"error": {"message": message, "type": "invalid_request_error"}})
-
+    message = f"Incorrect API key provided: {key}. Masked: sk-secr***cdef."
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
     with pytest.raises(UpstreamAuthError) as caught:
-        await _stream_events(await _mocked(handler, api_key=key))
+        await _stream_events(body, status=401, content_type="application/json", api_key=key)
     assert "Incorrect API key provided" in caught.value.message
     assert key not in caught.value.message and "sk-secr" not in caught.value.message
     assert caught.value.upstream_code == "invalid_request_error"
@@ -522,22 +530,15 @@ async def test_chunks_without_choices_are_ignored_and_finish_reason_is_kept() ->
         _chunk(finish_reason="tool_calls", unknown_field=1),
         "[DONE]",
     )
-    service = await _mocked(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-    )
-    events = await _stream_events(service)
+    events = await _stream_events(body)
     assert events[0] == TextDelta("hi")
     assert events[-1].finish_reason == FinishReason.TOOL_CALLS  # type: ignore[attr-defined]
     assert events[-1].usage is None  # type: ignore[attr-defined]
 
 
 async def test_done_without_a_finish_reason_is_a_broken_stream() -> None:
-    body = _sse(_chunk(delta={"content": "hi"}), "[DONE]")
-    service = await _mocked(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-    )
     with pytest.raises(UpstreamUnavailable, match="finish_reason"):
-        await _stream_events(service)
+        await _stream_events(_sse(_chunk(delta={"content": "hi"}), "[DONE]"))
 
 
 @pytest.mark.parametrize(
@@ -550,20 +551,14 @@ async def test_done_without_a_finish_reason_is_a_broken_stream() -> None:
     ],
 )
 async def test_error_objects_in_a_stream_map_by_code(error: dict[str, Any], expected: type[Exception]) -> None:
-    body = _sse(_chunk(delta={"content": "hi"}), {"error": error})
-    service = await _mocked(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-    )
     with pytest.raises(expected):
-        await _stream_events(service)
+        await _stream_events(_sse(_chunk(delta={"content": "hi"}), {"error": error}))
 
 
 async def test_json_error_body_instead_of_a_stream_is_mapped() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"error": {"message": "quota", "code": "insufficient_quota"}})
-
+    body = json.dumps({"error": {"message": "quota", "code": "insufficient_quota"}}).encode()
     with pytest.raises(UpstreamRateLimited, match="quota"):
-        await _stream_events(await _mocked(handler))
+        await _stream_events(body, content_type="application/json")
 
 
 async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: FakeOpenAI) -> None:
@@ -579,11 +574,55 @@ async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: 
     await fake_openai.wait_for_disconnect(timeout=2.0)
 
 
+async def test_an_upstream_that_hangs_up_is_unavailable_and_a_silent_one_times_out() -> None:
+    # A hang-up before any answer is retried by the guard (transient); a silence is not.
+    release: asyncio.Event
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+        await writer.wait_closed()
+
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    for handler, expected, transient in ((hang_up, UpstreamUnavailable, True), (say_nothing, UpstreamTimeout, False)):
+        release = asyncio.Event()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        service = OpenAIChatService(
+            "openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", default_model="m", read_timeout=0.2
+        )
+        try:
+            for call in (_chat, _streamed_events):
+                with pytest.raises(expected) as caught:
+                    await call(service)
+                assert caught.value.transient is transient
+        finally:
+            await service.aclose()
+            # Let the handlers close their connections before the loop goes away.
+            release.set()
+            server.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)
+
+
+async def _streamed_events(service: OpenAIChatService) -> list[object]:
+    return [event async for event in service.stream_chat(_input())]
+
+
+def _chat(service: OpenAIChatService) -> Any:
+    return service.chat(_input())
+
+
 async def test_aclose_closes_the_shared_client(fake_openai: FakeOpenAI) -> None:
     service = _service(fake_openai)
     await service.chat(_input())
+    session = service._session
     await service.aclose()
-    assert service._http.is_closed
+    assert session is not None and session.closed
 
 
 # --- helpers ------------------------------------------------------------------------------------
