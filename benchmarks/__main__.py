@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks.common import Plan, cpu_seconds, memory_kib, percentile, raise_fd_limit
+from benchmarks.common import Plan, cpu_seconds, memory_kib, percentile, process_tree, raise_fd_limit
 from benchmarks.report import evaluate_targets, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,10 @@ _SCENARIOS = ("stream", "unary", "latency", "c5000")
 
 
 def stream_targets(candidates: list[str]) -> list[str]:
-    """Every target of the stream and unary loads, in the order they run (neighbours compare)."""
+    """Every target of the stream and unary loads, in the order they run (neighbours compare).
+
+    ``candidates`` are further gateways (``--candidate`` trees, and ``workers`` in the stream load).
+    """
     targets = ["bare"]
     for path in ("openai", "coze"):
         targets += [f"baseline-{path}", f"gateway-{path}", *(f"{name}-{path}" for name in candidates)]
@@ -108,7 +111,9 @@ def _start_printing_port(name: str, args: list[str], out: Path, timeout: float =
     return process
 
 
-def _start_gateway(out: Path, fake_port: int, name: str = "gateway", source_path: str = "") -> Process:
+def _start_gateway(
+    out: Path, fake_port: int, name: str = "gateway", source_path: str = "", workers: int = 1
+) -> Process:
     """Start ``python -m server``; ``source_path`` goes first on its PYTHONPATH (a candidate's tree)."""
     config = out / "services.toml"
     upstream = f"http://127.0.0.1:{fake_port}"
@@ -138,6 +143,7 @@ def _start_gateway(out: Path, fake_port: int, name: str = "gateway", source_path
             "AIP_DEMO_SERVICES": "false",
             "AIP_MAX_CONCURRENT_CALLS": "100000",
             "AIP_GRACE_SECONDS": "1",
+            "AIP_WORKERS": str(workers),
             "AIP_LOG_LEVEL": "INFO",
             "BENCH_OPENAI_API_KEY": "sk-bench-openai-key",
             "BENCH_COZE_API_TOKEN": "pat_bench_coze_token",
@@ -163,8 +169,11 @@ def _start_gateway(out: Path, fake_port: int, name: str = "gateway", source_path
     raise RuntimeError(f"{name} did not start; see {log_path}")
 
 
-def start_stack(out: Path, candidates: dict[str, str] | None = None) -> Stack:
-    """Start the fake upstream, the gateway, each candidate gateway, the minimal relay and the bare stream."""
+def start_stack(out: Path, candidates: dict[str, str] | None = None, workers: int = 0) -> Stack:
+    """Start the fake upstream, the gateway, each candidate gateway, the minimal relay and the bare stream.
+
+    With ``workers`` > 1 also a gateway of that many worker processes (``AIP_WORKERS``), named ``workers``.
+    """
     stack = Stack()
     try:
         fake = _start_printing_port("fake_upstream", [PYTHON, "-m", "benchmarks.fake_upstream"], out)
@@ -173,6 +182,8 @@ def start_stack(out: Path, candidates: dict[str, str] | None = None) -> Stack:
         stack.processes["gateway"] = _start_gateway(out, fake.port)
         for name, source_path in (candidates or {}).items():
             stack.processes[name] = _start_gateway(out, fake.port, name, source_path)
+        if workers > 1:
+            stack.processes["workers"] = _start_gateway(out, fake.port, "workers", workers=workers)
         stack.processes["baseline"] = _start_printing_port(
             "baseline", [PYTHON, "-m", "benchmarks.relay", "relay", "--upstream", upstream], out
         )
@@ -210,8 +221,10 @@ def build_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     common = {"duration": args.duration, "warmup": args.warmup, "tokens": args.tokens, "delay_ms": 0}
     runs: list[dict[str, Any]] = []
     if "stream" in args.scenarios:
+        # The workers gateway only here: how tokens/s scale with processes.
+        with_workers = [*args.candidate, *(["workers"] if args.workers > 1 else [])]
         for concurrency in args.concurrency:
-            for target in stream_targets(list(args.candidate)):
+            for target in stream_targets(with_workers):
                 runs.append(
                     {**common, "scenario": "stream", "target": target, "mode": "stream", "concurrency": concurrency}
                 )
@@ -327,6 +340,11 @@ def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) ->
 
 def _reset_peak_rss(pid: int) -> None:
     # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+), so the peak is this scenario's.
+    for member in process_tree(pid):
+        _reset_one_peak_rss(member)
+
+
+def _reset_one_peak_rss(pid: int) -> None:
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5", encoding="ascii")
 
@@ -418,8 +436,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--c5000-timeout", type=float, default=60.0, help="each stream's deadline, seconds")
     parser.add_argument(
         "--c5000-targets",
-        default="direct-openai,gateway-openai,gateway-coze",
+        default="direct-openai,gateway-openai,gateway-coze,workers-openai,workers-coze",
         help="comma-separated targets of the c5000 scenario (direct-openai is the reference)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also measure a gateway of this many worker processes (AIP_WORKERS; targets workers-*); 1 = none",
     )
     parser.add_argument(
         "--candidate",
@@ -437,7 +461,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     candidates = {}
     for item in args.candidate:
         name, _, path = item.partition("=")
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("gateway", "baseline", "bare", "direct", "fake"):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in (
+            "gateway",
+            "baseline",
+            "bare",
+            "direct",
+            "fake",
+            "workers",
+        ):
             parser.error(f"--candidate {item!r}: NAME is lower-case letters, digits and _, not a built-in target")
         candidates[name] = path
     args.candidate = candidates
@@ -450,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
     args.c5000_targets = [value for value in args.c5000_targets.split(",") if value]
+    if args.workers <= 1:
+        args.c5000_targets = [target for target in args.c5000_targets if not target.startswith("workers-")]
     return args
 
 
@@ -467,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"benchmarks: {command.strip()} -> {out}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    stack = start_stack(out, args.candidate)
+    stack = start_stack(out, args.candidate, args.workers)
     try:
         results: list[dict[str, Any]] = []
         runs = build_runs(args)
@@ -495,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
             "unary_concurrency": args.unary_concurrency,
             "scenarios": list(args.scenarios),
             "candidates": args.candidate,
+            "workers": args.workers,
         },
         "runs": results,
         "peak_rss_kib": {name: values.get("VmHWM") for name, values in rss.items()},

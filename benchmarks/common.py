@@ -8,6 +8,7 @@ import re
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _PLAN = re.compile(r"^tokens-(\d+)-delay-(\d+)$")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,22 +40,50 @@ def token_text(index: int) -> str:
     return f"t{index} "
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its direct children (the workers of ``AIP_WORKERS=N``), as /proc lists them now."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="ascii").rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:  # after the command name: state, then ppid
+            pids.append(int(entry.name))
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` (all its threads, living and exited), in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    # After the command name: state is field 3, utime field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    """User plus system CPU time of process ``pid`` and its live children (all threads), in seconds."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After the command name: state is field 3, utime field 14, stime field 15.
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak resident set) of process ``pid``, in KiB."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
+    """VmRSS and VmHWM (peak resident set) of process ``pid`` plus its live children, in KiB.
+
+    For several workers the summed VmHWM is an upper bound: their peaks need not coincide.
+    """
+    values = {"VmRSS": 0, "VmHWM": 0}
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status", encoding="ascii") as status:
+                for line in status:
+                    key, _, rest = line.partition(":")
+                    if key in values:
+                        values[key] += int(rest.split()[0])
+        except OSError:
+            continue
     return values
 
 

@@ -23,6 +23,11 @@ _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
     """Ends a call whose handler raised with the status for that exception."""
 
+    def __init__(self) -> None:
+        # Wrapped handlers by method: grpc hands out the same handler object for every call of
+        # a method, so wrapping it once saves rebuilding closures and handlers on each call.
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
@@ -32,27 +37,36 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(method, handler.unary_unary),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            # A streaming handler either yields (async generator) or writes with
-            # context.write and returns (coroutine, as the health service's Watch does).
-            behavior = handler.unary_stream
-            return grpc.unary_stream_rpc_method_handler(
-                (
-                    _server_stream(method, behavior)
-                    if inspect.isasyncgenfunction(behavior)
-                    else _unary(method, cast(Any, behavior))
-                ),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client- and bidi-streaming handlers (reflection) map their own errors
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap(method: str, handler: _Handler) -> _Handler:
+    deserializer = _tolerant(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(method, handler.unary_unary),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        # A streaming handler either yields (async generator) or writes with
+        # context.write and returns (coroutine, as the health service's Watch does).
+        behavior = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            (
+                _server_stream(method, behavior)
+                if inspect.isasyncgenfunction(behavior)
+                else _unary(method, cast(Any, behavior))
+            ),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # client- and bidi-streaming handlers (reflection) map their own errors
 
 
 class _Undecodable:
