@@ -1,8 +1,11 @@
 """Coze providers: bot chat (chat v3) and workflows, over one shared, pooled HTTP client.
 
-Chat goes through cozepy's ``AsyncCoze``. Streamed workflows are read with our
-own SSE reader on the same client, because cozepy swallows the ``Done`` event:
-without it a stream that was cut cleanly cannot be told from one that finished.
+cozepy's ``AsyncCoze`` sends the chat request (body, auth, JSON error answers), but
+every stream body, chat and workflow, is read with our own SSE reader on the same
+client. cozepy's reader splits lines at U+2028, U+0085 and other separators that
+JSON carries raw inside strings, fails on heartbeat comments, spends most of the
+CPU per token on per-line work and pydantic, and swallows the workflow ``Done``
+event, without which a stream that was cut cleanly cannot be told from one that finished.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ _LOGGER = logging.getLogger(__name__)
 
 PROVIDER = "coze"
 LOG_ID_HEADER = "x-tt-logid"
+
+# Event data is parsed leniently: JSON wants control characters inside strings
+# escaped, but one sent raw is still the caller's text, not a reason to fail the answer.
+_EVENT_JSON = json.JSONDecoder(strict=False)
 
 # cozepy warns once per unknown enum value (e.g. message type "knowledge", which
 # Coze's own docs use); the gateway ignores such messages, so the warning is noise.
@@ -193,54 +200,67 @@ class CozeChatService(_CozeClientUser, ChatService):
 
         async with upstream_call() as call:
             with _map_coze_errors(call), _CancelIfAbandoned(clients) as chat_state:
-                events = clients.coze.chat.stream(
+                # cozepy's public chat.stream() would read the body itself; _create stops at the
+                # headers, after raising CozeAPIError for a JSON error answer instead of a stream.
+                await clients.coze.chat._create(
                     bot_id=bot_id,
                     user_id=user_id,
+                    stream=True,
                     additional_messages=messages,
                     conversation_id=request.conversation_id or None,
                     custom_variables=custom_variables,
                     meta_data=meta_data,
                 )
+                response = _stream_response(call)
                 streamed_message_ids: set[str] = set()
                 follow_ups: list[str] = []
-                async for event in events:
-                    kind = event.event
-                    if kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_DELTA:
-                        message = event.message
-                        if message is None or message.type != cozepy.MessageType.ANSWER:
-                            continue
-                        streamed_message_ids.add(message.id or "")
-                        if message.reasoning_content:
-                            yield ReasoningDelta(message.reasoning_content)
-                        if message.content:
-                            yield TextDelta(message.content)
-                    elif kind == cozepy.ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
-                        message = event.message
-                        if message is None or not message.content:
-                            continue
-                        if message.type == cozepy.MessageType.FOLLOW_UP:
-                            follow_ups.append(message.content)
-                        elif (
-                            message.type == cozepy.MessageType.ANSWER and (message.id or "") not in streamed_message_ids
-                        ):
-                            # An answer that arrived whole, without deltas, is still part of the answer.
-                            yield TextDelta(message.content)
-                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_CREATED:
-                        chat_state.started(event.chat)
-                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_COMPLETED:
-                        chat_state.ended = True
-                        yield _chat_finished(event.chat, FinishReason.STOP, follow_ups)
-                        await _drain(events)
-                        return
-                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
-                        chat_state.ended = True
-                        yield _chat_finished(event.chat, FinishReason.TOOL_CALLS, follow_ups, _tool_calls(event.chat))
-                        await _drain(events)
-                        return
-                    elif kind == cozepy.ChatEventType.CONVERSATION_CHAT_FAILED:
-                        chat_state.ended = True
-                        raise _chat_failed(event.chat, call)
-                    # Everything else (in_progress, verbose, knowledge, audio, unknown) is not answer text.
+                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
+                    async for sse in events:
+                        kind = sse.event
+                        # Deltas are nearly every event: a dict lookup each, no pydantic model.
+                        if kind == "conversation.message.delta":
+                            delta = _event_json(sse, call)
+                            if delta.get("type") != "answer":
+                                continue
+                            streamed_message_ids.add(str(delta.get("id") or ""))
+                            reasoning = delta.get("reasoning_content")
+                            if reasoning and isinstance(reasoning, str):
+                                yield ReasoningDelta(reasoning)
+                            content = delta.get("content")
+                            if content and isinstance(content, str):
+                                yield TextDelta(content)
+                        elif kind == "conversation.message.completed":
+                            message = cozepy.Message.model_validate(_event_json(sse, call))
+                            if not message.content:
+                                continue
+                            if message.type == cozepy.MessageType.FOLLOW_UP:
+                                follow_ups.append(message.content)
+                            elif (
+                                message.type == cozepy.MessageType.ANSWER
+                                and (message.id or "") not in streamed_message_ids
+                            ):
+                                # An answer that arrived whole, without deltas, is still part of the answer.
+                                yield TextDelta(message.content)
+                        elif kind == "conversation.chat.created":
+                            chat_state.started(_chat(sse, call))
+                        elif kind == "conversation.chat.completed":
+                            chat = _chat(sse, call)
+                            chat_state.ended = True
+                            yield _chat_finished(chat, FinishReason.STOP, follow_ups)
+                            await _drain(events)
+                            return
+                        elif kind == "conversation.chat.requires_action":
+                            chat = _chat(sse, call)
+                            chat_state.ended = True
+                            yield _chat_finished(chat, FinishReason.TOOL_CALLS, follow_ups, _tool_calls(chat))
+                            await _drain(events)
+                            return
+                        elif kind == "conversation.chat.failed":
+                            chat_state.ended = True
+                            raise _chat_failed(_chat(sse, call), call)
+                        elif kind == "error":
+                            raise _error_event(sse.data, call)
+                        # Everything else (in_progress, audio, done, unknown) is not answer text.
                 raise UpstreamUnavailable(
                     "Coze stream ended before conversation.chat.completed",
                     provider=PROVIDER,
@@ -343,9 +363,9 @@ async def _workflow_events(
             await _raise_for_json_error(response)
             async for sse in iter_sse(response.aiter_bytes()):
                 if sse.event == "Message":
-                    yield _workflow_message(sse)
+                    yield _workflow_message(sse, call)
                 elif sse.event == "Interrupt":
-                    yield _workflow_interrupt(sse)
+                    yield _workflow_interrupt(sse, call)
                 elif sse.event == "Error":
                     raise _workflow_error(sse, call)
                 elif sse.event == "Done":
@@ -379,10 +399,9 @@ class _CancelIfAbandoned:
         self._ids: tuple[str, str] | None = None  # (conversation_id, chat_id), known from chat.created
         self.ended = False
 
-    def started(self, chat: cozepy.Chat | None) -> None:
+    def started(self, chat: cozepy.Chat) -> None:
         """Remember the chat's ids (from conversation.chat.created)."""
-        if chat is not None:
-            self._ids = (chat.conversation_id, chat.id)
+        self._ids = (chat.conversation_id, chat.id)
 
     def __enter__(self) -> _CancelIfAbandoned:
         return self
@@ -453,10 +472,8 @@ def _usage(usage: cozepy.ChatUsage | None) -> Usage | None:
 
 
 def _chat_finished(
-    chat: cozepy.Chat | None, reason: FinishReason, follow_ups: list[str], tool_calls: tuple[ToolCall, ...] = ()
+    chat: cozepy.Chat, reason: FinishReason, follow_ups: list[str], tool_calls: tuple[ToolCall, ...] = ()
 ) -> ChatFinished:
-    if chat is None:
-        return ChatFinished(finish_reason=reason, tool_calls=tool_calls, follow_ups=tuple(follow_ups))
     return ChatFinished(
         finish_reason=reason,
         usage=_usage(chat.usage),
@@ -467,9 +484,9 @@ def _chat_finished(
     )
 
 
-def _tool_calls(chat: cozepy.Chat | None) -> tuple[ToolCall, ...]:
+def _tool_calls(chat: cozepy.Chat) -> tuple[ToolCall, ...]:
     """The tool calls of a requires_action chat (Coze's submit_tool_outputs action)."""
-    action = chat.required_action if chat is not None else None
+    action = chat.required_action
     submit = action.submit_tool_outputs if action is not None else None
     if submit is None:
         return ()
@@ -487,14 +504,14 @@ def _tool_calls(chat: cozepy.Chat | None) -> tuple[ToolCall, ...]:
 
 async def _drain(events: AsyncIterator[Any]) -> None:
     """Read to the end of the body (done, then EOF) so the connection can be reused."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError, cozepy.CozeError):
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
         async with asyncio.timeout(_DRAIN_SECONDS):
             async for _ in events:
                 pass
 
 
-def _workflow_message(sse: ServerSentEvent) -> WorkflowNodeEvent:
-    data = _sse_json(sse)
+def _workflow_message(sse: ServerSentEvent, call: UpstreamCall) -> WorkflowNodeEvent:
+    data = _event_json(sse, call)
     usage = data.get("usage")
     return WorkflowNodeEvent(
         content=str(data.get("content", "")),
@@ -506,11 +523,13 @@ def _workflow_message(sse: ServerSentEvent) -> WorkflowNodeEvent:
     )
 
 
-def _workflow_interrupt(sse: ServerSentEvent) -> WorkflowNodeEvent:
-    data = _sse_json(sse)
+def _workflow_interrupt(sse: ServerSentEvent, call: UpstreamCall) -> WorkflowNodeEvent:
+    data = _event_json(sse, call)
     interrupt = data.get("interrupt_data")
     if not isinstance(interrupt, dict) or "event_id" not in interrupt:
-        raise UpstreamUnavailable("Coze sent an Interrupt event without interrupt_data", provider=PROVIDER)
+        raise UpstreamUnavailable(
+            "Coze sent an Interrupt event without interrupt_data", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
+        )
     return WorkflowNodeEvent(
         node_title=str(data.get("node_title", "")),
         interrupt=WorkflowInterrupt(
@@ -522,7 +541,7 @@ def _workflow_interrupt(sse: ServerSentEvent) -> WorkflowNodeEvent:
 
 
 def _workflow_error(sse: ServerSentEvent, call: UpstreamCall) -> UpstreamError:
-    data = _sse_json(sse)
+    data = _event_json(sse, call)
     return coze_error(
         data.get("error_code"),
         f"Coze workflow failed: {data.get('error_message', '')}",
@@ -530,21 +549,36 @@ def _workflow_error(sse: ServerSentEvent, call: UpstreamCall) -> UpstreamError:
     )
 
 
-def _chat_failed(chat: cozepy.Chat | None, call: UpstreamCall) -> UpstreamError:
-    last_error = chat.last_error if chat is not None else None
+def _chat_failed(chat: cozepy.Chat, call: UpstreamCall) -> UpstreamError:
+    last_error = chat.last_error
     code = last_error.code if last_error is not None else None
     message = last_error.msg if last_error is not None else ""
     return coze_error(code, f"Coze chat failed: {message}", log_id=call.header(LOG_ID_HEADER))
 
 
-def _sse_json(sse: ServerSentEvent) -> dict[str, Any]:
+def _chat(sse: ServerSentEvent, call: UpstreamCall) -> cozepy.Chat:
+    # Chat events are a few per answer: a pydantic model for them costs nothing that matters.
+    return cozepy.Chat.model_validate(_event_json(sse, call))
+
+
+def _event_json(sse: ServerSentEvent, call: UpstreamCall) -> dict[str, Any]:
+    """An event's data as a JSON object; anything else means the stream is broken."""
     try:
-        data = json.loads(sse.data)
+        data = _EVENT_JSON.decode(sse.data)
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        raise UpstreamUnavailable(f"Coze sent a malformed {sse.event} event", provider=PROVIDER)
+        raise UpstreamUnavailable(
+            f"Coze sent a malformed {sse.event} event", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
+        )
     return data
+
+
+def _stream_response(call: UpstreamCall) -> httpx.Response:
+    """The response cozepy just opened, recorded by the shared client's response hook."""
+    if not call.responses:
+        raise RuntimeError("the Coze response was not recorded: its client must use tracked_client_options()")
+    return call.responses[-1]
 
 
 async def _raise_for_json_error(response: httpx.Response) -> None:
@@ -618,10 +652,6 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
             log_id=error.logid or call.header(LOG_ID_HEADER),
             retry_after=retry_after,
         ) from error
-    except cozepy.CozeInvalidEventError as error:
-        raise UpstreamUnavailable(
-            "Coze sent a malformed stream line", provider=PROVIDER, log_id=error.logid or ""
-        ) from error
     except pydantic.ValidationError as error:
         raise UpstreamUnavailable(
             "Coze sent an event that does not match its schema",
@@ -640,14 +670,6 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
             provider=PROVIDER,
             log_id=call.header(LOG_ID_HEADER),
         ) from error
-    except UpstreamError:
-        raise
-    except Exception as error:
-        # cozepy raises a bare Exception("error event: {...}") for an SSE `error` event.
-        text = str(error)
-        if not text.startswith("error event:"):
-            raise
-        raise _error_event(text.removeprefix("error event:").strip(), call) from error
 
 
 def _error_event(raw: str, call: UpstreamCall) -> UpstreamError:

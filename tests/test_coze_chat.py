@@ -151,6 +151,24 @@ async def test_split_utf8_characters_arrive_whole(stub: pb_grpc.AIPlatformServic
     assert response.content == fake.SPLIT_UTF8_ANSWER
 
 
+async def test_line_separators_raw_inside_json_strings_arrive_intact(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    # U+2028, U+0085 and U+001C, sent raw: a reader that ends lines where str.splitlines()
+    # does would cut these deltas in two and fail the stream.
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.BOT_LINE_SEPARATORS)))
+
+    assert error is None
+    assert [response.delta for response in responses[:-1]] == fake.split_answer(fake.LINE_SEPARATORS_ANSWER)
+    assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
+
+
+async def test_heartbeat_comment_between_events_is_ignored(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    responses, error = await collect(stub.StreamChat(_stream_request(fake.BOT_HEARTBEAT)))
+
+    assert error is None
+    assert "".join(response.delta for response in responses) == fake.DEFAULT_ANSWER
+    assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
@@ -207,6 +225,7 @@ async def test_rate_limit_carries_retry_info(stub: pb_grpc.AIPlatformServiceStub
         (fake.BOT_FAILED, grpc.StatusCode.UNAVAILABLE, ["code=5000", "event interval error"]),
         (fake.BOT_CUT, grpc.StatusCode.UNAVAILABLE, ["broke the connection"]),
         (fake.BOT_MALFORMED, grpc.StatusCode.UNAVAILABLE, ["malformed"]),
+        (fake.BOT_NOT_AN_OBJECT, grpc.StatusCode.UNAVAILABLE, ["malformed"]),
     ],
 )
 async def test_failures_after_chunks_deliver_the_chunks_then_fail(

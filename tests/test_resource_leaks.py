@@ -62,9 +62,9 @@ async def test_a_thousand_cancelled_streams_leave_no_connections_tasks_or_descri
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_streams_that_fail_part_way_leave_no_connection_open(provider: str) -> None:
-    # cozepy leaves its response open when an error event ends the iteration; providers/http.py's
-    # upstream_call closes it. Without that, each such stream keeps a connection until a garbage
-    # collection happens to find it, so none may run here.
+    # A stream ended by an error event leaves its response unfinished; the provider must close it
+    # (providers/http.py's upstream_call, or aiohttp's async with). Without that, each such stream
+    # keeps a connection until a garbage collection happens to find it, so none may run here.
     async with open_upstream(provider) as upstream, serving((upstream.service(), CallPolicy())) as gateway:
         gc.disable()
         try:

@@ -51,10 +51,13 @@ BOT_CUT = "bot-cut"  # two deltas, then the TCP connection is aborted mid chunke
 BOT_STALL = "bot-stall"  # two deltas, then silence until the client goes away
 BOT_SLOW = "bot-slow"  # the normal answer, one delta every FakeCoze.slow_interval seconds
 BOT_NO_CLOSE = "bot-no-close"  # the normal stream, but the body stays open NO_CLOSE_SECONDS after done
-BOT_MALFORMED = "bot-malformed"  # two deltas, then a `: ping` comment line (cozepy raises), then the rest
+BOT_MALFORMED = "bot-malformed"  # two deltas, `: ping` (cozepy raises), a delta whose data is not JSON, the rest
+BOT_NOT_AN_OBJECT = "bot-not-an-object"  # two deltas, then a delta whose data is JSON but not an object, then the rest
+BOT_HEARTBEAT = "bot-heartbeat"  # two deltas, a `: ping` heartbeat comment (valid SSE; cozepy raises), the rest
 BOT_REQUIRES_ACTION = "bot-requires-action"  # conversation.chat.requires_action with one tool call, done
 BOT_FOLLOW_UPS = "bot-follow-ups"  # the normal answer, then FOLLOW_UP_QUESTIONS as follow_up messages
 BOT_SPLIT_UTF8 = "bot-split-utf8"  # answer SPLIT_UTF8_ANSWER; each delta splits a UTF-8 char across writes
+BOT_LINE_SEPARATORS = "bot-line-separators"  # answer LINE_SEPARATORS_ANSWER; deltas carry its separators raw
 BOT_FLAKY = "bot-flaky"  # the first FakeCoze.flaky_failures requests of this bot_id: as BOT_HTTP_502; then normal
 BOT_RATE_LIMITED_NO_RETRY_AFTER = "bot-rate-limited-no-retry-after"  # HTTP 429, JSON {"code":4013}, no Retry-After
 BOT_RATE_LIMITED_ONCE = "bot-rate-limited-once"  # 1st request: HTTP 429 {"code":4013}, Retry-After: 1; then normal
@@ -83,6 +86,9 @@ WORKFLOW_USAGE_TOKEN_COUNT = WORKFLOW_USAGE_INPUT_COUNT + WORKFLOW_USAGE_OUTPUT_
 DEFAULT_TOKEN = "pat_fake_test_token_0123456789"
 DEFAULT_ANSWER = "2024 年 10 月 1 日是星期三。"
 SPLIT_UTF8_ANSWER = "你好世界"
+# U+2028, U+0085 and U+001C: str.splitlines() (so httpx's aiter_lines) ends a line at each, SSE at none.
+# With ANSWER_PIECE_CHARS = 3 each lands in a different delta.
+LINE_SEPARATORS_ANSWER = "第一行\u2028第二行\x85第三行\x1c第四行"
 RETRY_AFTER_SECONDS = 3  # BOT_RATE_LIMITED's Retry-After: longer than the gateway waits to retry
 SHORT_RETRY_AFTER_SECONDS = 1  # BOT_RATE_LIMITED_ONCE's Retry-After: short enough for the gateway to wait and retry
 ANSWER_PIECE_CHARS = 3  # the answer is streamed in deltas of this many characters
@@ -98,6 +104,7 @@ INTERRUPT_QUESTION = "请问你想查看哪个城市？"
 INTERRUPT_NODE_TITLE = "问答"
 NO_CLOSE_SECONDS = 3.0
 
+_SCENARIO_ANSWERS = {BOT_SPLIT_UTF8: SPLIT_UTF8_ANSWER, BOT_LINE_SEPARATORS: LINE_SEPARATORS_ANSWER}
 _JSON_CONTENT_TYPE = "application/json"
 _AUTH_FAILED = (4100, "authentication is invalid")
 _BAD_REQUEST = (
@@ -332,7 +339,7 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             bot_id=bot_id,
             answer_message_id=self._new_id(),
             verbose_message_id=self._new_id(),
-            answer=SPLIT_UTF8_ANSWER if bot_id == BOT_SPLIT_UTF8 else self.answer,
+            answer=_SCENARIO_ANSWERS.get(bot_id, self.answer),
             created_at=int(time.time()),
         )
         self._chats[record.chat_id] = record
@@ -406,8 +413,12 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             cut(request)
         if scenario == BOT_STALL:
             await stall()
-        if scenario == BOT_MALFORMED:
+        if scenario in (BOT_MALFORMED, BOT_HEARTBEAT):
             await response.write(b": ping\n\n")
+        if scenario == BOT_MALFORMED:
+            await response.write(b'event:conversation.message.delta\ndata:{"id":"1","type":"answer","content":\n\n')
+        if scenario == BOT_NOT_AN_OBJECT:
+            await response.write(b'event:conversation.message.delta\ndata:["answer"]\n\n')
         for piece in pieces[2:]:
             await self._write_delta(response, record, piece, slow=True)
 
@@ -443,6 +454,9 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         delta = _chat_event("conversation.message.delta", record.message(record.answer_message_id, "answer", piece))
         if record.bot_id == BOT_SPLIT_UTF8:
             await write_split_utf8(response, delta)
+        elif record.bot_id == BOT_LINE_SEPARATORS:
+            # dumps leaves U+2028 and U+0085 raw but escapes U+001C, as JSON asks; send that one raw too.
+            await response.write(delta.replace(b"\\u001c", b"\x1c"))
         else:
             await response.write(delta)
 
