@@ -217,7 +217,8 @@ class CozeChatService(_CozeClientUser, ChatService):
                 async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
                     async for sse in events:
                         kind = sse.event
-                        # Deltas are nearly every event: a dict lookup each, no pydantic model.
+                        # Deltas are nearly every event: one JSON decode and a few dict lookups each. Only the
+                        # chat's final event (usage, tool calls, error) goes through cozepy's pydantic model.
                         if kind == "conversation.message.delta":
                             delta = _event_json(sse, call)
                             if delta.get("type") != "answer":
@@ -230,19 +231,19 @@ class CozeChatService(_CozeClientUser, ChatService):
                             if content and isinstance(content, str):
                                 yield TextDelta(content)
                         elif kind == "conversation.message.completed":
-                            message = cozepy.Message.model_validate(_event_json(sse, call))
-                            if not message.content:
+                            message = _event_json(sse, call)
+                            content = message.get("content")
+                            if not content or not isinstance(content, str):
                                 continue
-                            if message.type == cozepy.MessageType.FOLLOW_UP:
-                                follow_ups.append(message.content)
-                            elif (
-                                message.type == cozepy.MessageType.ANSWER
-                                and (message.id or "") not in streamed_message_ids
-                            ):
+                            message_type = message.get("type")
+                            if message_type == "follow_up":
+                                follow_ups.append(content)
+                            elif message_type == "answer" and str(message.get("id") or "") not in streamed_message_ids:
                                 # An answer that arrived whole, without deltas, is still part of the answer.
-                                yield TextDelta(message.content)
+                                yield TextDelta(content)
                         elif kind == "conversation.chat.created":
-                            chat_state.started(_chat(sse, call))
+                            created = _event_json(sse, call)
+                            chat_state.started(str(created.get("conversation_id") or ""), str(created.get("id") or ""))
                         elif kind == "conversation.chat.completed":
                             chat = _chat(sse, call)
                             chat_state.ended = True
@@ -399,9 +400,10 @@ class _CancelIfAbandoned:
         self._ids: tuple[str, str] | None = None  # (conversation_id, chat_id), known from chat.created
         self.ended = False
 
-    def started(self, chat: cozepy.Chat) -> None:
+    def started(self, conversation_id: str, chat_id: str) -> None:
         """Remember the chat's ids (from conversation.chat.created)."""
-        self._ids = (chat.conversation_id, chat.id)
+        if conversation_id and chat_id:
+            self._ids = (conversation_id, chat_id)
 
     def __enter__(self) -> _CancelIfAbandoned:
         return self
@@ -557,7 +559,7 @@ def _chat_failed(chat: cozepy.Chat, call: UpstreamCall) -> UpstreamError:
 
 
 def _chat(sse: ServerSentEvent, call: UpstreamCall) -> cozepy.Chat:
-    # Chat events are a few per answer: a pydantic model for them costs nothing that matters.
+    # One final chat event per answer: a pydantic model for it costs little.
     return cozepy.Chat.model_validate(_event_json(sse, call))
 
 

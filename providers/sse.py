@@ -11,14 +11,12 @@ inside a string, and would cut such an event in two.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncGenerator, AsyncIterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
-    """One dispatched event."""
+class ServerSentEvent(NamedTuple):
+    """One dispatched event (a tuple: made once per token, it must be cheap to build)."""
 
     event: str
     data: str
@@ -26,7 +24,7 @@ class ServerSentEvent:
 
 
 async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[ServerSentEvent, None]:
-    """Yield the events of a body, given as its chunks (httpx ``aiter_bytes()``, aiohttp ``iter_any()``).
+    """Yield the events of a body, given as its chunks (httpx ``aiter_bytes()``, aiohttp ``iter_chunked(n)``).
 
     An event still pending at the end of the body is dispatched too: Coze's own
     recorded streams end without the final blank line.
@@ -56,19 +54,18 @@ async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[ServerSentEve
         yield ServerSentEvent(event or "message", "\n".join(data), event_id)
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
 async def _iter_lines(chunks: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
     """The body's lines, split at CR, LF and CRLF only, each decoded as UTF-8."""
     pending = b""
     async for chunk in chunks:
-        pending += chunk
-        # A CR at the end may be the first half of a CRLF: wait for the next chunk.
-        complete = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
-        lines = _LINE_END.split(pending[:complete])
-        pending = lines.pop() + pending[complete:]
+        if pending:
+            chunk = pending + chunk
+        # bytes.splitlines splits at CR, LF and CRLF only (str.splitlines would split at more).
+        lines = chunk.splitlines(keepends=True)
+        # An unterminated last line waits for the next chunk; so does one ending in CR, which
+        # may be the first half of a CRLF split across chunks.
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
         for line in lines:
-            yield line.decode("utf-8", errors="replace")
+            yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")
     if pending:
         yield pending.rstrip(b"\r").decode("utf-8", errors="replace")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import re
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from providers.sse import ServerSentEvent, iter_sse
+from providers.sse import ServerSentEvent, _iter_lines, iter_sse
 
 
 async def _events(*chunks: bytes) -> list[ServerSentEvent]:
@@ -40,3 +45,36 @@ async def test_a_character_split_across_chunks_arrives_whole() -> None:
     encoded = "data: 你好\n\n".encode()
     events = await _events(encoded[:8], encoded[8:])
     assert events[0].data == "你好"
+
+
+_LINE_ENDS = (b"\n", b"\r", b"\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.binary(max_size=12).filter(lambda text: b"\r" not in text and b"\n" not in text),
+            st.sampled_from(_LINE_ENDS),
+        ),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_lines_end_at_cr_lf_and_crlf_wherever_the_chunks_are_cut(
+    lines: list[tuple[bytes, bytes]], cuts: list[int]
+) -> None:
+    body = b"".join(text + end for text, end in lines)
+    # A CR then an LF in two different lines' ends would read as one CRLF; the reference must too.
+    expected = [line.decode("utf-8", errors="replace") for line in re.split(rb"\r\n|\r|\n", body)[:-1]]
+    bounds = sorted({0, len(body), *(cut for cut in cuts if cut < len(body))})
+    chunks = [body[start:end] for start, end in itertools.pairwise(bounds)]
+
+    async def read() -> list[str]:
+        async def body_chunks() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return [line async for line in _iter_lines(body_chunks())]
+
+    assert asyncio.run(read()) == expected
