@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiohttp import web
 
+from providers.coze import CozeClients
 from providers.http import tracked_client_options, upstream_call
 
 
@@ -73,3 +75,34 @@ async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_
                 server.close()
                 await server.wait_closed()
                 await asyncio.sleep(0.05)
+
+
+async def test_the_coze_client_sends_directly_yet_follows_redirects_and_tracks_every_response() -> None:
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/v3/new")
+
+    async def new(request: web.Request) -> web.Response:
+        return web.Response(text="answered here")
+
+    app = web.Application()
+    app.router.add_post("/v3/old", moved)
+    app.router.add_post("/v3/new", new)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    clients = CozeClients(token="pat_test", base_url=base)
+    try:
+        for path in ("/v3/new", "/v3/old"):
+            async with upstream_call() as call:
+                # As cozepy sends: a built request, no per-call options.
+                response = await clients.http.send(httpx.Request("POST", f"{base}{path}", json={}), stream=False)
+                assert (response.status_code, response.text) == (200, "answered here")
+                assert response in call.responses
+            assert all(tracked.is_closed for tracked in call.responses)
+        # A redirect answer sends the request again through httpx's own handling, which follows it.
+        assert [tracked.status_code for tracked in call.responses] == [307, 307, 200]
+    finally:
+        await clients.aclose()
+        await runner.cleanup()
