@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import GatewayServer
+from server.app import GC_THRESHOLDS, GatewayServer
 from tests.gateway_process import GatewayProcess, failed_start, gateway_env, running_gateway, start_gateway
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -81,6 +81,15 @@ async def _read_rest(call: Any) -> list[pb.StreamChatResponse]:
     while (response := await call.read()) is not grpc.aio.EOF:
         rest.append(response)
     return rest
+
+
+async def test_the_gateway_freezes_its_start_up_objects_and_raises_the_gc_thresholds(
+    gateway_process: GatewayProcess,
+) -> None:
+    # Full collections over thousands of open streams paused the event loop for up to 0.44 s.
+    (match,) = await gateway_process.read_until(rb"garbage collector: (\d+) start-up objects frozen, thresholds (.+)")
+    assert int(match.group(1)) > 10_000  # modules, schemas, clients: what start-up made
+    assert match.group(2).decode().strip() == str(GC_THRESHOLDS)
 
 
 @pytest.mark.parametrize(
