@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +83,17 @@ class Stack:
     """The started processes, stopped together."""
 
     processes: dict[str, Process] = field(default_factory=dict)
+    #: How to start each server process again from scratch, by name.
+    starters: dict[str, Callable[[], Process]] = field(default_factory=dict)
+
+    def start(self, name: str, starter: Callable[[], Process]) -> None:
+        self.starters[name] = starter
+        self.processes[name] = starter()
+
+    def restart(self, name: str) -> None:
+        """A fresh process in place of ``name``: nothing left in its memory from earlier loads."""
+        self.processes[name].stop()
+        self.processes[name] = self.starters[name]()
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
@@ -179,15 +192,18 @@ def start_stack(out: Path, candidates: dict[str, str] | None = None, workers: in
         fake = _start_printing_port("fake_upstream", [PYTHON, "-m", "benchmarks.fake_upstream"], out)
         stack.processes["fake"] = fake
         upstream = f"http://127.0.0.1:{fake.port}"
-        stack.processes["gateway"] = _start_gateway(out, fake.port)
+        stack.start("gateway", lambda: _start_gateway(out, fake.port))
         for name, source_path in (candidates or {}).items():
-            stack.processes[name] = _start_gateway(out, fake.port, name, source_path)
+            stack.start(name, functools.partial(_start_gateway, out, fake.port, name, source_path))
         if workers > 1:
-            stack.processes["workers"] = _start_gateway(out, fake.port, "workers", workers=workers)
-        stack.processes["baseline"] = _start_printing_port(
-            "baseline", [PYTHON, "-m", "benchmarks.relay", "relay", "--upstream", upstream], out
+            stack.start("workers", lambda: _start_gateway(out, fake.port, "workers", workers=workers))
+        stack.start(
+            "baseline",
+            lambda: _start_printing_port(
+                "baseline", [PYTHON, "-m", "benchmarks.relay", "relay", "--upstream", upstream], out
+            ),
         )
-        stack.processes["bare"] = _start_printing_port("bare", [PYTHON, "-m", "benchmarks.relay", "bare"], out)
+        stack.start("bare", lambda: _start_printing_port("bare", [PYTHON, "-m", "benchmarks.relay", "bare"], out))
     except BaseException:
         stack.stop()
         raise
@@ -510,6 +526,10 @@ def main(argv: list[str] | None = None) -> None:
         swarms = []
         if "c5000" in args.scenarios:
             for target in args.c5000_targets:
+                server = target.rpartition("-")[0]
+                if server in stack.starters:
+                    # Its own fresh process: the peak RSS is this scenario's, not earlier loads' leftovers.
+                    stack.restart(server)
                 print(f"  c5000 {target}: {args.c5000_streams} streams ...", file=sys.stderr, flush=True)
                 swarms.append(run_swarm(stack, target, args, out))
                 print(f"  c5000 {target}: {json.dumps(swarms[-1])}", file=sys.stderr, flush=True)
