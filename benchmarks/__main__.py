@@ -452,8 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--c5000-timeout", type=float, default=60.0, help="each stream's deadline, seconds")
     parser.add_argument(
         "--c5000-targets",
-        default="direct-openai,gateway-openai,gateway-coze,workers-openai,workers-coze",
-        help="comma-separated targets of the c5000 scenario (direct-openai is the reference)",
+        default="direct-openai,baseline-openai,gateway-openai,gateway-coze,workers-openai,workers-coze",
+        help="comma-separated targets of the c5000 scenario "
+        "(direct-openai is the reference, baseline-openai the minimal relay)",
     )
     parser.add_argument(
         "--workers",
