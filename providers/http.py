@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import http.cookiejar
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
@@ -123,18 +125,31 @@ def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> di
     }
 
 
-def upstream_session(*, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
-    """A pooled aiohttp session for one provider; create it inside the event loop that uses it.
+def upstream_session(*, base_url: str, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+    """A pooled aiohttp session for one provider's upstream; create it inside the event loop that uses it.
 
     ``read_timeout`` bounds each wait for the next bytes (the silence tolerated between
-    two chunks of a stream); the caller's gRPC deadline bounds the whole call.
+    two chunks of a stream); the caller's gRPC deadline bounds the whole call. Like the
+    httpx clients, it goes through the proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` name for
+    ``base_url`` unless ``NO_PROXY`` exempts its host, decided once here rather than per request.
     """
     return aiohttp.ClientSession(
+        proxy=environment_proxy(base_url),
         # No pool cap of its own (0 = none): the service's max_concurrent_calls
         # (providers/guard.py) is the limit, and a lower cap would queue calls silently.
-        connector=aiohttp.TCPConnector(limit=0),
+        # The trust store of the httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), so
+        # every provider verifies upstreams the same way.
+        connector=aiohttp.TCPConnector(limit=0, ssl=httpx.create_ssl_context()),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
         # One session serves every caller: a cookie one upstream answer sets must not
         # ride along on everybody's later calls.
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``; None when there is none or NO_PROXY exempts its host."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)

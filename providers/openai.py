@@ -148,7 +148,9 @@ class OpenAIChatService(ChatService):
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: an aiohttp session belongs to the event loop that runs the calls.
         if self._session is None:
-            self._session = upstream_session(connect_timeout=self._connect_timeout, read_timeout=self._read_timeout)
+            self._session = upstream_session(
+                base_url=self._url, connect_timeout=self._connect_timeout, read_timeout=self._read_timeout
+            )
         return self._session
 
     def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:

@@ -617,6 +617,46 @@ def _chat(service: OpenAIChatService) -> Any:
     return service.chat(_input())
 
 
+async def test_the_environment_proxy_carries_calls_unless_no_proxy_exempts_the_host(
+    monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI
+) -> None:
+    proxied: list[str] = []
+
+    async def forward_proxy(request: web.Request) -> web.Response:
+        # A proxy gets the absolute URL; this one answers in the upstream's place.
+        proxied.append(str(request.url))
+        completion = {"id": "c1", "choices": [{"message": {"content": "via proxy"}, "finish_reason": "stop"}]}
+        return web.json_response(completion)
+
+    app = web.Application()
+    app.router.add_post(COMPLETIONS_PATH, forward_proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    for variable in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{runner.addresses[0][1]}")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    via_proxy = OpenAIChatService("openai", base_url="http://upstream.example/v1", api_key="sk-test", default_model="m")
+    # The fake upstream is named "localhost" in its URL here, which NO_PROXY exempts.
+    direct = OpenAIChatService(
+        "openai",
+        base_url=fake_openai.base_url.replace("127.0.0.1", "localhost"),
+        api_key=fake_openai.api_key,
+        default_model=fake.MODEL_NORMAL,
+    )
+    try:
+        assert (await via_proxy.chat(_input())).content == "via proxy"
+        assert proxied == ["http://upstream.example/v1/chat/completions"]
+        assert (await direct.chat(_input())).content == fake.DEFAULT_ANSWER
+        assert len(proxied) == 1
+    finally:
+        await via_proxy.aclose()
+        await direct.aclose()
+        await runner.cleanup()
+
+
 async def test_aclose_closes_the_shared_client(fake_openai: FakeOpenAI) -> None:
     service = _service(fake_openai)
     await service.chat(_input())
