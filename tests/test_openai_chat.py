@@ -31,6 +31,7 @@ from providers.registry import ServiceRegistry
 from server.app import start_server
 from tests.conftest import error_details, make_settings
 from tests.fakes import openai as fake
+from tests.fakes._server import http_server
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import collect
 
@@ -487,20 +488,13 @@ async def _answering(
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, body=body, content_type=content_type)
 
-    app = web.Application()
-    app.router.add_post(COMPLETIONS_PATH, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     options.setdefault("api_key", "sk-test")
-    service = OpenAIChatService("openai", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", **options)
-    try:
-        yield service
-    finally:
-        await service.aclose()
-        await runner.cleanup()
+    async with http_server({COMPLETIONS_PATH: handler}) as base:
+        service = OpenAIChatService("openai", base_url=f"{base}/v1", default_model="m", **options)
+        try:
+            yield service
+        finally:
+            await service.aclose()
 
 
 async def _stream_events(body: bytes, **options: Any) -> list[object]:
@@ -628,33 +622,29 @@ async def test_the_environment_proxy_carries_calls_unless_no_proxy_exempts_the_h
         completion = {"id": "c1", "choices": [{"message": {"content": "via proxy"}, "finish_reason": "stop"}]}
         return web.json_response(completion)
 
-    app = web.Application()
-    app.router.add_post(COMPLETIONS_PATH, forward_proxy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    for variable in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{runner.addresses[0][1]}")
-    monkeypatch.setenv("NO_PROXY", "localhost")
-    via_proxy = OpenAIChatService("openai", base_url="http://upstream.example/v1", api_key="sk-test", default_model="m")
-    # The fake upstream is named "localhost" in its URL here, which NO_PROXY exempts.
-    direct = OpenAIChatService(
-        "openai",
-        base_url=fake_openai.base_url.replace("127.0.0.1", "localhost"),
-        api_key=fake_openai.api_key,
-        default_model=fake.MODEL_NORMAL,
-    )
-    try:
-        assert (await via_proxy.chat(_input())).content == "via proxy"
-        assert proxied == ["http://upstream.example/v1/chat/completions"]
-        assert (await direct.chat(_input())).content == fake.DEFAULT_ANSWER
-        assert len(proxied) == 1
-    finally:
-        await via_proxy.aclose()
-        await direct.aclose()
-        await runner.cleanup()
+    async with http_server({COMPLETIONS_PATH: forward_proxy}) as proxy:
+        for variable in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        via_proxy = OpenAIChatService(
+            "openai", base_url="http://upstream.example/v1", api_key="sk-test", default_model="m"
+        )
+        # The fake upstream is named "localhost" in its URL here, which NO_PROXY exempts.
+        direct = OpenAIChatService(
+            "openai",
+            base_url=fake_openai.base_url.replace("127.0.0.1", "localhost"),
+            api_key=fake_openai.api_key,
+            default_model=fake.MODEL_NORMAL,
+        )
+        try:
+            assert (await via_proxy.chat(_input())).content == "via proxy"
+            assert proxied == ["http://upstream.example/v1/chat/completions"]
+            assert (await direct.chat(_input())).content == fake.DEFAULT_ANSWER
+            assert len(proxied) == 1
+        finally:
+            await via_proxy.aclose()
+            await direct.aclose()
 
 
 async def test_aclose_closes_the_shared_client(fake_openai: FakeOpenAI) -> None:

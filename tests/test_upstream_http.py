@@ -11,6 +11,7 @@ from aiohttp import web
 
 from providers.coze import CozeClients
 from providers.http import tracked_client_options, upstream_call
+from tests.fakes._server import http_server
 
 
 async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
@@ -84,25 +85,17 @@ async def test_the_coze_client_sends_directly_yet_follows_redirects_and_tracks_e
     async def new(request: web.Request) -> web.Response:
         return web.Response(text="answered here")
 
-    app = web.Application()
-    app.router.add_post("/v3/old", moved)
-    app.router.add_post("/v3/new", new)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    clients = CozeClients(token="pat_test", base_url=base)
-    try:
-        for path in ("/v3/new", "/v3/old"):
-            async with upstream_call() as call:
-                # As cozepy sends: a built request, no per-call options.
-                response = await clients.http.send(httpx.Request("POST", f"{base}{path}", json={}), stream=False)
-                assert (response.status_code, response.text) == (200, "answered here")
-                assert response in call.responses
-            assert all(tracked.is_closed for tracked in call.responses)
-        # A redirect answer sends the request again through httpx's own handling, which follows it.
-        assert [tracked.status_code for tracked in call.responses] == [307, 307, 200]
-    finally:
-        await clients.aclose()
-        await runner.cleanup()
+    async with http_server({"/v3/old": moved, "/v3/new": new}) as base:
+        clients = CozeClients(token="pat_test", base_url=base)
+        try:
+            for path in ("/v3/new", "/v3/old"):
+                async with upstream_call() as call:
+                    # As cozepy sends: a built request, no per-call options.
+                    response = await clients.http.send(httpx.Request("POST", f"{base}{path}", json={}), stream=False)
+                    assert (response.status_code, response.text) == (200, "answered here")
+                    assert response in call.responses
+                assert all(tracked.is_closed for tracked in call.responses)
+            # A redirect answer sends the request again through httpx's own handling, which follows it.
+            assert [tracked.status_code for tracked in call.responses] == [307, 307, 200]
+        finally:
+            await clients.aclose()

@@ -235,6 +235,21 @@ class FakeUpstream(Generic[_RequestT]):
         self._disconnect_event.set()
 
 
+@contextlib.asynccontextmanager
+async def http_server(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """A one-off HTTP server on 127.0.0.1 answering POSTs to ``routes``; yields its base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 def cut(request: web.Request) -> NoReturn:
     """Abort the TCP connection without finishing the body."""
     assert request.transport is not None
