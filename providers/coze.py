@@ -135,8 +135,8 @@ class _CozeHTTPClient(cozepy.AsyncHTTPClient):
     """cozepy's httpx client, sending each request straight to its transport when that changes nothing.
 
     cozepy builds every ``httpx.Request`` itself (URL, headers, auth, body), so the client's
-    own layers (auth flow, redirect handling, cookie jar) have nothing to add to a call and
-    cost about 60 µs of CPU each (benchmarks/RESULTS.md). The direct path keeps what matters:
+    own layers (auth flow, redirect handling, cookie jar) have nothing to add to a call yet
+    cost about 60 µs of CPU on each (benchmarks/RESULTS.md). The direct path keeps what matters:
     the client's timeouts and its response hooks (which track the response for closing). A
     redirect answer (Coze sends none; a misconfigured base URL might) sends the request again
     through httpx's whole handling, which follows it. With a proxy configured (httpx mounts
