@@ -134,7 +134,7 @@ def upstream_session(*, base_url: str, connect_timeout: float, read_timeout: flo
     ``base_url`` unless ``NO_PROXY`` exempts its host, decided once here rather than per request.
     """
     return aiohttp.ClientSession(
-        proxy=environment_proxy(base_url),
+        proxy=_environment_proxy(base_url),
         # No pool cap of its own (0 = none): the service's max_concurrent_calls
         # (providers/guard.py) is the limit, and a lower cap would queue calls silently.
         # The trust store of the httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), so
@@ -147,7 +147,7 @@ def upstream_session(*, base_url: str, connect_timeout: float, read_timeout: flo
     )
 
 
-def environment_proxy(url: str) -> str | None:
+def _environment_proxy(url: str) -> str | None:
     """The proxy the environment names for ``url``; None when there is none or NO_PROXY exempts its host."""
     parts = urllib.parse.urlsplit(url)
     if urllib.request.proxy_bypass(parts.hostname or ""):
