@@ -111,7 +111,7 @@ class CozeClients:
         self.token = token
         # cozepy's own client subclass; its 600 s defaults are replaced by ours.
         self.http = _CozeHTTPClient(
-            **tracked_client_options(connect_timeout=connect_timeout, read_timeout=read_timeout)
+            **tracked_client_options(base_url=self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout)
         )
         self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
         # Strong references to fire-and-forget calls (the event loop keeps only weak
@@ -139,14 +139,14 @@ class _CozeHTTPClient(cozepy.AsyncHTTPClient):
     cost about 60 µs of CPU on each (benchmarks/RESULTS.md). The direct path keeps what matters:
     the client's timeouts and its response hooks (which track the response for closing). A
     redirect answer (Coze sends none; a misconfigured base URL might) sends the request again
-    through httpx's whole handling, which follows it. With a proxy configured (httpx mounts
-    one per environment proxy) every request takes httpx's path.
+    through httpx's whole handling, which follows it. The transport itself goes through the
+    environment's proxy (``tracked_client_options``).
     """
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)  # type: ignore[no-untyped-call]
         self._transport_only: httpx.AsyncBaseTransport = options["transport"]
-        self._direct = self.auth is None and not self._mounts
+        self._direct = self.auth is None
 
     async def send(self, request: httpx.Request, *, stream: bool = False, **options: Any) -> httpx.Response:
         if not self._direct or options:

@@ -106,20 +106,25 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
 
-def tracked_client_options(*, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for an ``httpx.AsyncClient`` (or subclass) whose responses are tracked.
+def tracked_client_options(*, base_url: str, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
+    """Keyword arguments for an ``httpx.AsyncClient`` (or subclass) for ``base_url`` whose responses are tracked.
 
     ``read_timeout`` bounds each wait for the next bytes, i.e. the silence
     tolerated between two chunks of a stream; the caller's gRPC deadline bounds
-    the whole call.
+    the whole call. With a transport of its own, httpx ignores the environment's
+    proxy settings, so the transport is given the proxy they name for ``base_url``.
     """
+    proxy = _environment_proxy(base_url)
     return {
         "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
         # httpx's API on aiohttp's engine: the same calls at about 60 % of httpcore's CPU per
         # streamed token (benchmarks/RESULTS.md). No pool cap of its own (0 = none for
         # aiohttp): the service's max_concurrent_calls (providers/guard.py) is the limit,
         # and a cap below it would make calls queue silently for a connection.
-        "transport": _Transport(limits=httpx.Limits(max_connections=0, max_keepalive_connections=100)),
+        "transport": _Transport(
+            limits=httpx.Limits(max_connections=0, max_keepalive_connections=100),
+            proxy=httpx.Proxy(proxy) if proxy else None,
+        ),
         "event_hooks": {"response": [_track_response]},
         "cookies": _NoCookies(),
     }

@@ -21,7 +21,7 @@ async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
         seen.append(request.headers.get("cookie"))
         return httpx.Response(200, headers={"set-cookie": "session=caller-one; Path=/"}, text="ok")
 
-    options = tracked_client_options(connect_timeout=1, read_timeout=1)
+    options = tracked_client_options(base_url="http://upstream.test", connect_timeout=1, read_timeout=1)
     async with httpx.AsyncClient(**{**options, "transport": httpx.MockTransport(handler)}) as client:
         await client.get("http://upstream.test/a")
         await client.get("http://upstream.test/b")
@@ -33,7 +33,7 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
         while True:
             yield b"x"
 
-    options = tracked_client_options(connect_timeout=1, read_timeout=1)
+    options = tracked_client_options(base_url="http://upstream.test", connect_timeout=1, read_timeout=1)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
     async with httpx.AsyncClient(**{**options, "transport": transport}) as client:
         async with upstream_call() as call:
@@ -61,7 +61,7 @@ async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_
         writer.close()
         await writer.wait_closed()
 
-    options = tracked_client_options(connect_timeout=1, read_timeout=0.2)
+    options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout=1, read_timeout=0.2)
     async with httpx.AsyncClient(**options) as client:
         for handler, expected in ((hang_up, httpx.ConnectError), (say_nothing, httpx.TimeoutException)):
             release = asyncio.Event()
@@ -99,3 +99,23 @@ async def test_the_coze_client_sends_directly_yet_follows_redirects_and_tracks_e
             assert [tracked.status_code for tracked in call.responses] == [307, 307, 200]
         finally:
             await clients.aclose()
+
+
+async def test_with_an_environment_proxy_the_coze_client_goes_through_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    proxied: list[str] = []
+
+    async def forward_proxy(request: web.Request) -> web.Response:
+        proxied.append(str(request.url))  # a proxy gets the absolute URL
+        return web.Response(text="via proxy")
+
+    async with http_server({"/v3/chat": forward_proxy}) as proxy:
+        for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        clients = CozeClients(token="pat_test", base_url="http://coze.example")
+        try:
+            response = await clients.http.send(httpx.Request("POST", "http://coze.example/v3/chat", json={}))
+        finally:
+            await clients.aclose()
+    assert (response.status_code, response.text) == (200, "via proxy")
+    assert proxied == ["http://coze.example/v3/chat"]
