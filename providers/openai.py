@@ -154,7 +154,11 @@ class OpenAIChatService(ChatService):
         return self._session
 
     def _post(self, body: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        return self._client().post(self._url, data=json.dumps(body).encode(), headers=self._headers)
+        # No redirects, as before on httpx: aiohttp would follow one and resend the request,
+        # key included, wherever it points; a redirect means base_url needs fixing.
+        return self._client().post(
+            self._url, data=json.dumps(body).encode(), headers=self._headers, allow_redirects=False
+        )
 
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         body = self._request_body(request, stream=True)

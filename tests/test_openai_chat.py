@@ -647,6 +647,26 @@ async def test_the_environment_proxy_carries_calls_unless_no_proxy_exempts_the_h
             await direct.aclose()
 
 
+async def test_a_redirect_is_not_followed_so_the_key_goes_nowhere_else() -> None:
+    elsewhere: list[str | None] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/elsewhere/chat/completions")
+
+    async def other(request: web.Request) -> web.Response:
+        elsewhere.append(request.headers.get("Authorization"))
+        return web.json_response({"choices": [{"message": {"content": "redirected"}}]})
+
+    async with http_server({COMPLETIONS_PATH: moved, "/elsewhere/chat/completions": other}) as base:
+        service = OpenAIChatService("openai", base_url=f"{base}/v1", api_key="sk-test", default_model="m")
+        try:
+            with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await service.chat(_input())
+        finally:
+            await service.aclose()
+    assert elsewhere == []
+
+
 async def test_aclose_closes_the_shared_client(fake_openai: FakeOpenAI) -> None:
     service = _service(fake_openai)
     await service.chat(_input())
