@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks.common import Plan, cpu_seconds, memory_kib, percentile, process_tree, raise_fd_limit
+from benchmarks.common import (
+    Plan,
+    cpu_seconds,
+    memory_kib,
+    percentile,
+    process_tree,
+    proportional_memory_kib,
+    raise_fd_limit,
+)
 from benchmarks.report import evaluate_targets, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,9 +333,14 @@ def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) ->
     fake_pid = stack.processes["fake"].pid
     fake_before = cpu_seconds(fake_pid)
     deadline = time.time() + 3.0 + args.c5000_ramp + timeout + 30
+    peak_pss = 0
+    samples = 0
     try:
         while any(popen.poll() is None for popen, _ in children) and time.time() < deadline:
             peak_rss = max(peak_rss, memory_kib(server_pid)["VmRSS"])
+            if samples % 5 == 0:  # PSS walks page tables: once a second is enough
+                peak_pss = max(peak_pss, proportional_memory_kib(server_pid))
+            samples += 1
             time.sleep(0.2)
         for popen, log in children:
             if popen.poll() is None:  # past the deadline: stop it; its streams count as incomplete
@@ -349,6 +362,7 @@ def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) ->
             records += report["records"]
             client_cpu += report["client_cpu_s"]
     summary = summarise_swarm(target, records, total, plan, args, peak_rss, rss_before, server_pid, cpu)
+    summary["peak_pss_mb"] = round(peak_pss / 1024, 1)
     summary["fake_cpu_s"] = round(fake_cpu, 2)
     summary["client_cpu_s"] = round(client_cpu, 2)
     return summary

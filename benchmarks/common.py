@@ -87,6 +87,22 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def proportional_memory_kib(pid: int) -> int:
+    """PSS of process ``pid`` plus its live children, in KiB: shared pages (the workers' copy-on-write
+    memory from their parent) counted once in all, unlike summed RSS. Costs a page-table walk: sample it."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup", encoding="ascii") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
 def percentile(values: Sequence[float], fraction: float) -> float | None:
     """The nearest-rank percentile (``fraction`` 0.5 for p50, 0.99 for p99); None for no values."""
     if not values:

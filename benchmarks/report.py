@@ -221,6 +221,7 @@ def markdown(document: dict[str, Any]) -> str:
             "fake CPU s",
             "client CPU s",
             "server RSS before → peak MB",
+            "server PSS peak MB",
         ]
         rows = [
             [
@@ -237,6 +238,7 @@ def markdown(document: dict[str, Any]) -> str:
                 str(swarm.get("fake_cpu_s", "–")),
                 str(swarm.get("client_cpu_s", "–")),
                 f"{swarm['rss_before_mb']} → {swarm['peak_rss_mb']}",
+                str(swarm.get("peak_pss_mb", "–")),  # absent from runs saved before it was measured
             ]
             for swarm in swarms
         ]
