@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -21,6 +21,7 @@ from providers.errors import (
     InvalidRequest,
     ServiceNotReady,
     UpstreamAuthError,
+    UpstreamError,
     UpstreamInvalidRequest,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -31,7 +32,7 @@ from providers.registry import ServiceRegistry
 from server.app import start_server
 from tests.conftest import error_details, make_settings
 from tests.fakes import openai as fake
-from tests.fakes._server import http_server
+from tests.fakes._server import http_server, misbehaving_server
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import collect
 
@@ -570,37 +571,22 @@ async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: 
 
 async def test_an_upstream_that_hangs_up_is_unavailable_and_a_silent_one_times_out() -> None:
     # A hang-up before any answer is retried by the guard (transient); a silence is not.
-    release: asyncio.Event
-
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1)
-        writer.close()
-        await writer.wait_closed()
-
-    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.close()
-        await writer.wait_closed()
-
-    for handler, expected, transient in ((hang_up, UpstreamUnavailable, True), (say_nothing, UpstreamTimeout, False)):
-        release = asyncio.Event()
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        service = OpenAIChatService(
-            "openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", default_model="m", read_timeout=0.2
-        )
-        try:
-            for call in (_chat, _streamed_events):
-                with pytest.raises(expected) as caught:
-                    await call(service)
-                assert caught.value.transient is transient
-        finally:
-            await service.aclose()
-            # Let the handlers close their connections before the loop goes away.
-            release.set()
-            server.close()
-            await server.wait_closed()
-            await asyncio.sleep(0.05)
+    cases: list[tuple[Literal["hang up", "say nothing"], type[UpstreamError], bool]] = [
+        ("hang up", UpstreamUnavailable, True),
+        ("say nothing", UpstreamTimeout, False),
+    ]
+    for behaviour, expected, transient in cases:
+        async with misbehaving_server(behaviour) as port:
+            service = OpenAIChatService(
+                "openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", default_model="m", read_timeout=0.2
+            )
+            try:
+                for call in (_chat, _streamed_events):
+                    with pytest.raises(expected) as caught:
+                        await call(service)
+                    assert caught.value.transient is transient
+            finally:
+                await service.aclose()
 
 
 async def _streamed_events(service: OpenAIChatService) -> list[object]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -11,7 +11,7 @@ from aiohttp import web
 
 from providers.coze import CozeClients
 from providers.http import tracked_client_options, upstream_call
-from tests.fakes._server import http_server
+from tests.fakes._server import http_server, misbehaving_server
 
 
 async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
@@ -49,33 +49,16 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
 
 
 async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_a_timeout() -> None:
-    release: asyncio.Event
-
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1)
-        writer.close()
-        await writer.wait_closed()
-
-    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.close()
-        await writer.wait_closed()
-
     options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout=1, read_timeout=0.2)
+    cases: list[tuple[Literal["hang up", "say nothing"], type[Exception]]] = [
+        ("hang up", httpx.ConnectError),
+        ("say nothing", httpx.TimeoutException),
+    ]
     async with httpx.AsyncClient(**options) as client:
-        for handler, expected in ((hang_up, httpx.ConnectError), (say_nothing, httpx.TimeoutException)):
-            release = asyncio.Event()
-            server = await asyncio.start_server(handler, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
-            try:
+        for behaviour, expected in cases:
+            async with misbehaving_server(behaviour) as port:
                 with pytest.raises(expected):
                     await client.get(f"http://127.0.0.1:{port}/")
-            finally:
-                # Let the handlers close their connections before the loop goes away.
-                release.set()
-                server.close()
-                await server.wait_closed()
-                await asyncio.sleep(0.05)
 
 
 async def test_the_coze_client_sends_directly_yet_follows_redirects_and_tracks_every_response() -> None:

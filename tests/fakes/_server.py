@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, NoReturn, Self, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NoReturn, Self, TypeVar
 
 from aiohttp import web
 
@@ -248,6 +248,30 @@ async def http_server(routes: dict[str, Handler]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def misbehaving_server(behaviour: Literal["hang up", "say nothing"]) -> AsyncIterator[int]:
+    """A bare TCP server on 127.0.0.1 that hangs up on every request, or never answers; yields its port."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if behaviour == "hang up":
+            await reader.read(1)
+        else:
+            await release.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        # Let the handlers close their connections before the loop goes away.
+        release.set()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
 
 
 def cut(request: web.Request) -> NoReturn:
