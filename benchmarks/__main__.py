@@ -8,6 +8,7 @@ load is bounded in calls and time, and every process started here is stopped her
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
 import functools
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from benchmarks.common import (
     proportional_memory_kib,
     raise_fd_limit,
 )
+from benchmarks.loadgen import direct_request, stream_chat_request
 from benchmarks.report import evaluate_targets, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,7 +291,66 @@ def run_loads(stack: Stack, runs: list[dict[str, Any]], out: Path) -> list[dict[
     return [json.loads(line) for line in completed.stdout.decode().splitlines() if line.strip()]
 
 
-def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+# Debian's golang-google-grpc-dev puts grpc-go (and what it imports) here, for GOPATH builds.
+_DEBIAN_GOPATH = "/usr/share/gocode"
+
+
+def build_go_swarm(out: Path, required: bool) -> Path | None:
+    """Build the Go swarm client (benchmarks/swarm) into ``out``; None if Go or grpc-go is missing.
+
+    It holds the c5000 streams for a tenth of the Python client's CPU, which on a small machine
+    is CPU the gateway under test gets back. GOPATH mode against Debian's packages: no module
+    download, so it builds offline.
+    """
+    go = shutil.which("go")
+    problem = "no `go` on PATH (apt-get install golang-go golang-google-grpc-dev)"
+    if go is not None:
+        binary = out / "swarm"
+        environment = {
+            **os.environ,
+            "GO111MODULE": "off",
+            "GOPATH": os.environ.get("GOPATH") or _DEBIAN_GOPATH,
+            "GOCACHE": str(out / "go-cache"),
+        }
+        built = subprocess.run(
+            [go, "build", "-o", str(binary), "./benchmarks/swarm"],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            timeout=300,
+        )
+        if built.returncode == 0:
+            return binary
+        problem = "go build failed: " + built.stderr.decode(errors="replace").strip()
+    if required:
+        raise SystemExit(f"benchmarks: --c5000-client go: {problem}")
+    print(f"benchmarks: c5000 streams held by the Python client instead of Go: {problem}", file=sys.stderr)
+    return None
+
+
+def swarm_command(go_swarm: Path | None, spec: dict[str, Any], plan: Plan, address: str) -> list[str]:
+    """The client process's command up to its share of the streams: the Go client, else Python's."""
+    direct = spec["kind"] == "direct"
+    if go_swarm is None:
+        return [
+            PYTHON,
+            "-m",
+            "benchmarks.loadgen",
+            "swarm",
+            f"--address={address}",
+            f"--service={spec['path'] if direct else spec['service']}",
+            f"--param={spec.get('param', '')}",
+            *(["--direct"] if direct else []),
+            f"--plan={plan.name}",
+        ]
+    if direct:
+        url, body, marker = direct_request(spec["url"], spec["path"], plan, stream=True)
+        return [str(go_swarm), "--direct", f"--url={url}", f"--body={json.dumps(body)}", f"--marker={marker.decode()}"]
+    request = stream_chat_request(spec["service"], spec["param"], plan).SerializeToString()
+    return [str(go_swarm), f"--address={address}", f"--request={base64.b64encode(request).decode()}"]
+
+
+def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path, go_swarm: Path | None) -> dict[str, Any]:
     """The many-streams scenario: ``--c5000-streams`` streams of 10 tokens 1 s apart, all held at once."""
     spec = target_specs(stack)[target]
     server_pid = spec["pid"]
@@ -306,17 +368,9 @@ def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) ->
         output = out / f"swarm-{target}-{index}.json"
         output.unlink(missing_ok=True)
         outputs.append(output)
-        direct = spec["kind"] == "direct"
+        address = spec["url"] if spec["kind"] == "direct" else spec["address"]
         command = [
-            PYTHON,
-            "-m",
-            "benchmarks.loadgen",
-            "swarm",
-            f"--address={spec['url'] if direct else spec['address']}",
-            f"--service={spec['path'] if direct else spec['service']}",
-            f"--param={spec.get('param', '')}",
-            *(["--direct"] if direct else []),
-            f"--plan={plan.name}",
+            *swarm_command(go_swarm, spec, plan, address),
             f"--count={count}",
             f"--offset={index}",
             f"--processes={processes}",
@@ -365,6 +419,7 @@ def run_swarm(stack: Stack, target: str, args: argparse.Namespace, out: Path) ->
     summary["peak_pss_mb"] = round(peak_pss / 1024, 1)
     summary["fake_cpu_s"] = round(fake_cpu, 2)
     summary["client_cpu_s"] = round(client_cpu, 2)
+    summary["client"] = "python" if go_swarm is None else "go"
     return summary
 
 
@@ -465,6 +520,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--c5000-procs", type=int, default=2, help="client processes holding the streams")
     parser.add_argument("--c5000-timeout", type=float, default=60.0, help="each stream's deadline, seconds")
     parser.add_argument(
+        "--c5000-client",
+        choices=("auto", "go", "python"),
+        default="auto",
+        help="what holds the c5000 streams: the Go client (benchmarks/swarm, needs Go), the Python one, "
+        "or Go when it builds (default)",
+    )
+    parser.add_argument(
         "--c5000-targets",
         default="direct-openai,baseline-openai,gateway-openai,gateway-coze,workers-openai,workers-coze",
         help="comma-separated targets of the c5000 scenario "
@@ -540,13 +602,14 @@ def main(argv: list[str] | None = None) -> None:
         rss = {name: memory_kib(process.pid) for name, process in stack.processes.items()}
         swarms = []
         if "c5000" in args.scenarios:
+            go_swarm = None if args.c5000_client == "python" else build_go_swarm(out, args.c5000_client == "go")
             for target in args.c5000_targets:
                 server = target.rpartition("-")[0]
                 if server in stack.starters:
                     # Its own fresh process: the peak RSS is this scenario's, not earlier loads' leftovers.
                     stack.restart(server)
                 print(f"  c5000 {target}: {args.c5000_streams} streams ...", file=sys.stderr, flush=True)
-                swarms.append(run_swarm(stack, target, args, out))
+                swarms.append(run_swarm(stack, target, args, out, go_swarm))
                 print(f"  c5000 {target}: {json.dumps(swarms[-1])}", file=sys.stderr, flush=True)
     finally:
         stack.stop()

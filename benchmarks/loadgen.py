@@ -95,15 +95,20 @@ def _parameters(key: str, plan: Plan) -> struct_pb2.Struct:
 Caller = Callable[[], Awaitable[CallResult]]
 
 
-def grpc_stream_caller(
-    stub: pb_grpc.AIPlatformServiceStub, service: str, key: str, plan: Plan, timeout: float = _CALL_TIMEOUT
-) -> Caller:
-    request = pb.StreamChatRequest(
+def stream_chat_request(service: str, key: str, plan: Plan) -> pb.StreamChatRequest:
+    """The streaming request every gRPC caller sends (the Go swarm too, serialised)."""
+    return pb.StreamChatRequest(
         service_name=service,
         messages=[pb.ChatMessage(role="user", content=_PROMPT)],
         parameters=_parameters(key, plan),
         user_id="bench-user",
     )
+
+
+def grpc_stream_caller(
+    stub: pb_grpc.AIPlatformServiceStub, service: str, key: str, plan: Plan, timeout: float = _CALL_TIMEOUT
+) -> Caller:
+    request = stream_chat_request(service, key, plan)
 
     async def call() -> CallResult:
         start = time.perf_counter()
@@ -146,12 +151,8 @@ def grpc_unary_caller(stub: pb_grpc.AIPlatformServiceStub, service: str, key: st
 _TOKEN_MARKERS = {"openai": b'"delta":{"content":"', "coze": b"event:conversation.message.delta"}
 
 
-def direct_caller(session: aiohttp.ClientSession, base_url: str, path: str, plan: Plan, *, stream: bool) -> Caller:
-    """A call straight to the fake upstream: the reference for time to first token and answer time.
-
-    Tokens are counted by a byte search per chunk, not parsed, so the client stays far cheaper
-    than the upstream's output rate and its own queueing does not inflate the reference.
-    """
+def direct_request(base_url: str, path: str, plan: Plan, *, stream: bool) -> tuple[str, dict[str, Any], bytes]:
+    """The URL, JSON body and token marker of a call straight to the fake upstream."""
     if path == "coze":
         url = f"{base_url}/v3/chat?conversation_id="
         body: dict[str, Any] = {
@@ -166,7 +167,16 @@ def direct_caller(session: aiohttp.ClientSession, base_url: str, path: str, plan
         body = {"model": plan.name, "messages": [{"role": "user", "content": _PROMPT}], "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
-    marker = _TOKEN_MARKERS[path]
+    return url, body, _TOKEN_MARKERS[path]
+
+
+def direct_caller(session: aiohttp.ClientSession, base_url: str, path: str, plan: Plan, *, stream: bool) -> Caller:
+    """A call straight to the fake upstream: the reference for time to first token and answer time.
+
+    Tokens are counted by a byte search per chunk, not parsed, so the client stays far cheaper
+    than the upstream's output rate and its own queueing does not inflate the reference.
+    """
+    url, body, marker = direct_request(base_url, path, plan, stream=stream)
 
     async def call() -> CallResult:
         start = time.perf_counter()

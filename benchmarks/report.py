@@ -220,6 +220,7 @@ def markdown(document: dict[str, Any]) -> str:
             "server CPU s",
             "fake CPU s",
             "client CPU s",
+            "client",
             "server RSS before → peak MB",
             "server PSS peak MB",
         ]
@@ -237,6 +238,7 @@ def markdown(document: dict[str, Any]) -> str:
                 str(swarm["server_cpu_s"]),
                 str(swarm.get("fake_cpu_s", "–")),
                 str(swarm.get("client_cpu_s", "–")),
+                swarm.get("client", "python"),  # runs saved before the Go client had only Python's
                 f"{swarm['rss_before_mb']} → {swarm['peak_rss_mb']}",
                 str(swarm.get("peak_pss_mb", "–")),  # absent from runs saved before it was measured
             ]
