@@ -59,7 +59,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http import UpstreamCall, tracked_client_options, upstream_call
+from providers.http import UpstreamCall, body_chunks, tracked_client_options, upstream_call
 from providers.sse import ServerSentEvent, iter_sse
 
 warnings.filterwarnings("ignore", message=r"authlib\.jose module is deprecated")
@@ -250,7 +250,7 @@ class CozeChatService(_CozeClientUser, ChatService):
                 response = _stream_response(call)
                 streamed_message_ids: set[str] = set()
                 follow_ups: list[str] = []
-                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
+                async with contextlib.aclosing(iter_sse(body_chunks(response))) as events:
                     async for sse in events:
                         kind = sse.event
                         # Deltas are nearly every event: one JSON decode and a few dict lookups each. Only the
@@ -398,7 +398,7 @@ async def _workflow_events(
                 stream=True,
             )
             await _raise_for_json_error(response)
-            async for sse in iter_sse(response.aiter_bytes()):
+            async for sse in iter_sse(body_chunks(response)):
                 if sse.event == "Message":
                     yield _workflow_message(sse, call)
                 elif sse.event == "Interrupt":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -10,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from providers.coze import CozeClients
-from providers.http import tracked_client_options, upstream_call
+from providers.http import body_chunks, tracked_client_options, upstream_call
 from tests.fakes._server import http_server, misbehaving_server
 
 
@@ -102,3 +104,45 @@ async def test_with_an_environment_proxy_the_coze_client_goes_through_it(monkeyp
             await clients.aclose()
     assert (response.status_code, response.text) == (200, "via proxy")
     assert proxied == ["http://coze.example/v3/chat"]
+
+
+async def test_a_streamed_body_comes_straight_from_aiohttp_unless_it_needs_decoding() -> None:
+    body = b"event:conversation.message.delta\ndata:{}\n\n" * 40
+
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(body), 100):
+            await response.write(body[start : start + 100])
+        return response
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(body[:100])
+        await asyncio.sleep(1)  # past the 0.3 s read timeout
+        return response
+
+    async with http_server({"/pieces": in_pieces, "/gzipped": gzipped, "/stalls": stalls}) as base:
+        clients = CozeClients(token="pat_test", base_url=base, read_timeout=0.3)
+        try:
+            for path, straight in (("/pieces", True), ("/gzipped", False)):
+                async with upstream_call() as call:
+                    # As cozepy sends: a built request, straight to the transport.
+                    response = await clients.http.send(httpx.Request("POST", f"{base}{path}"), stream=True)
+                    assert b"".join([chunk async for chunk in body_chunks(response)]) == body
+                    # httpx marks a body it read itself: a plain one must skip its layers (a newer
+                    # httpx-aiohttp that moved its response would otherwise make this silently slower).
+                    assert response.is_stream_consumed is not straight
+                assert all(tracked.is_closed for tracked in call.responses)
+            # Silence past the read timeout is httpx's ReadTimeout, as when httpx reads the body.
+            async with upstream_call():
+                response = await clients.http.send(httpx.Request("POST", f"{base}/stalls"), stream=True)
+                with pytest.raises(httpx.ReadTimeout):
+                    async for _ in body_chunks(response):
+                        pass
+        finally:
+            await clients.aclose()
