@@ -298,7 +298,7 @@ _DEBIAN_GOPATH = "/usr/share/gocode"
 def build_go_swarm(out: Path, required: bool) -> Path | None:
     """Build the Go swarm client (benchmarks/swarm) into ``out``; None if Go or grpc-go is missing.
 
-    It holds the c5000 streams for a tenth of the Python client's CPU, which on a small machine
+    It holds the c5000 streams for about half the Python client's CPU, which on a small machine
     is CPU the gateway under test gets back. GOPATH mode against Debian's packages: no module
     download, so it builds offline.
     """

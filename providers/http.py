@@ -76,8 +76,9 @@ async def _track_response(response: httpx.Response) -> None:
         call.responses.append(response)
 
 
-# The largest piece read at once: a slow reader then holds at most this much of a body.
-_CHUNK_BYTES = 16 * 1024
+# The most of a body read at once: a reader that fell behind the upstream would otherwise
+# get the whole receive buffer in one piece, and split it into lines at once.
+READ_CHUNK_BYTES = 16 * 1024
 
 
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -85,10 +86,11 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
 
     When the response came straight from the aiohttp transport (as the Coze client sends,
     ``providers/coze.py``) and its body needs no decoding (no Content-Encoding), the pieces
-    come straight from the aiohttp response under it: httpx's layers in between (``aiter_bytes``, ``aiter_raw``,
-    the identity decoder, byte counting) cost ~25 µs per piece, and a streamed answer is
-    dozens of pieces. Errors are mapped to httpx's as its own reading would, and closing
-    the httpx response still releases the connection. Otherwise httpx reads and decodes it.
+    come straight from the aiohttp response under it: httpx's layers in between
+    (``aiter_bytes``, ``aiter_raw``, the identity decoder, byte counting) cost a few µs per
+    piece, 48 µs per 10-token Coze answer (benchmarks/RESULTS.md, run G). Errors are mapped
+    to httpx's as its own reading would, and closing the httpx response still releases the
+    connection. Otherwise httpx reads and decodes the body.
     """
     aiohttp_response = getattr(response.stream, "_aiohttp_response", None)  # httpx-aiohttp's stream
     if isinstance(aiohttp_response, aiohttp.ClientResponse) and "content-encoding" not in response.headers:
@@ -98,7 +100,7 @@ def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
 
 async def _aiohttp_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     with map_aiohttp_exceptions():
-        async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
             yield chunk
 
 

@@ -45,7 +45,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http import upstream_session
+from providers.http import READ_CHUNK_BYTES, upstream_session
 from providers.sse import ServerSentEvent, iter_sse
 
 PROVIDER = "openai"
@@ -94,10 +94,6 @@ _STATUS_BY_ERROR_CODE = {
 
 # Upstreams echo keys back in their messages (OpenAI: "Incorrect API key provided: sk-ab***cd").
 _KEY_LIKE = re.compile(r"\bsk-[\w*.-]+")
-
-# The most of the body read at once: a reader that fell behind the upstream would
-# otherwise get the whole receive buffer in one piece, and split it into lines at once.
-_READ_CHUNK_BYTES = 16 * 1024
 
 # How long to keep reading after [DONE] for the body to end, so the connection goes
 # back to the pool; past it the connection is dropped instead.
@@ -173,7 +169,7 @@ class OpenAIChatService(ChatService):
                 finish_reason: FinishReason | None = None
                 usage: Usage | None = None
                 chat_id = ""
-                async with contextlib.aclosing(iter_sse(response.content.iter_chunked(_READ_CHUNK_BYTES))) as events:
+                async with contextlib.aclosing(iter_sse(response.content.iter_chunked(READ_CHUNK_BYTES))) as events:
                     async for sse in events:
                         data = sse.data
                         if data == "[DONE]":
