@@ -150,7 +150,7 @@ class AsyncAIPlatformClient(ClientBase):
         timeout: Timeout = UNSET,
         metadata: Metadata | None = None,
     ) -> pb.RunWorkflowResponse:
-        """Run a workflow and return its whole output."""
+        """Run a workflow and return its whole output, or the interrupt it stopped at (``response.interrupt``)."""
         request = workflow_request(pb.RunWorkflowRequest, service_name, parameters, workflow_id, bot_id, app_id)
         options = self._call_options(timeout, metadata)
         with map_rpc_errors():

@@ -26,6 +26,10 @@ _LOGGER = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "aiplatform.providers"
 
 #: Where a service goes when its configuration names no base URL.
+#: Calls of one service in flight at once, by default. One process holds 5,000 streams in
+#: under 500 MB (benchmarks/RESULTS.md), so this refuses only what is surely a runaway; like
+#: Envoy's default per-cluster limit of 1,024 requests.
+DEFAULT_MAX_CONCURRENT_CALLS = 1024
 DEFAULT_COZE_BASE_URL = "https://api.coze.cn"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -53,7 +57,7 @@ class ServiceConfig:
     #: Attempts for a transient failure before the first event (1: no retry).
     max_attempts: int = 3
     #: Calls of this service in flight at once; more are refused (None: no limit).
-    max_concurrent_calls: int | None = 256
+    max_concurrent_calls: int | None = DEFAULT_MAX_CONCURRENT_CALLS
     #: Provider-specific settings from the config file's ``options`` table (for plugins).
     options: Mapping[str, Any] = field(default_factory=dict)
     #: A workflow service's input parameters, when the configuration declares them.

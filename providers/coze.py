@@ -51,6 +51,7 @@ from providers.errors import (
     InvalidRequest,
     ServiceNotReady,
     UpstreamAuthError,
+    UpstreamConversationBusy,
     UpstreamError,
     UpstreamInvalidRequest,
     UpstreamNotFound,
@@ -93,7 +94,8 @@ _AUTH_CODES = frozenset({401, 403, 4100, 4101, 700012006})
 _NOT_FOUND_CODES = frozenset({404, 4001, 4002, 4006, 4012, 4021, 4200, 4314})
 _RATE_LIMIT_CODES = frozenset({429, 4008, 4009, 4013, 4020})
 _BAD_REQUEST_CODES = frozenset({400, 4000, 4003, 4004, 4005, 4010, 4105})
-_REJECTED_CODES = frozenset({4011, 4014, 4015, 4016, 4019, 4022, 4102, 4315, 6003})
+_REJECTED_CODES = frozenset({4011, 4014, 4015, 4019, 4022, 4102, 4315, 6003})
+_CONVERSATION_BUSY_CODE = 4016  # "a chat is already running in this conversation": clears when it ends
 
 
 class CozeClients:
@@ -117,12 +119,38 @@ class CozeClients:
         # Strong references to fire-and-forget calls (the event loop keeps only weak
         # ones); kept here, next to the client they use, so aclose can let them finish.
         self._background: set[asyncio.Task[None]] = set()
+        # The cancel in flight for each conversation: its next turn waits for it (4016 otherwise).
+        self._cancelling: dict[str, asyncio.Task[None]] = {}
 
-    def run_in_background(self, call: Coroutine[Any, Any, None]) -> None:
+    def run_in_background(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``call`` without anyone awaiting it; aclose waits for it before closing the client."""
         task = asyncio.get_running_loop().create_task(call)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    def cancel_chat_in_background(self, conversation_id: str, chat_id: str) -> None:
+        """Ask Coze to stop a chat that will not complete, without delaying the caller."""
+        task = self.run_in_background(_cancel_chat(self, conversation_id, chat_id))
+        self._cancelling[conversation_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._cancelling.get(conversation_id) is done:
+                del self._cancelling[conversation_id]
+
+        task.add_done_callback(forget)
+
+    async def conversation_settled(self, conversation_id: str) -> None:
+        """Wait until the gateway's own cancel of this conversation's last chat is done (bounded by its timeout).
+
+        Coze runs one chat per conversation at a time (4016 otherwise), and a chat keeps
+        running until the cancel lands: a caller that cancels a turn and asks the next one
+        at once must not meet the turn it abandoned.
+        """
+        task = self._cancelling.get(conversation_id)
+        if task is not None:
+            # shield: a caller giving up on this turn must not cancel the cancel.
+            await asyncio.shield(task)
 
     async def aclose(self) -> None:
         """Let background calls finish (each is bounded by its own timeout), then close the pooled connections."""
@@ -234,8 +262,10 @@ class CozeChatService(_CozeClientUser, ChatService):
         # Coze keeps memory per user_id; a constant one would merge every caller's memory.
         user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
 
+        if request.conversation_id:
+            await clients.conversation_settled(request.conversation_id)
         async with upstream_call() as call:
-            with _map_coze_errors(call), _CancelIfAbandoned(clients) as chat_state:
+            with _map_coze_errors(call), _CancelUnlessEnded(clients) as chat_state:
                 # cozepy's public chat.stream() would read the body itself; _create stops at the
                 # headers, after raising CozeAPIError for a JSON error answer instead of a stream.
                 await clients.coze.chat._create(
@@ -294,7 +324,7 @@ class CozeChatService(_CozeClientUser, ChatService):
                             return
                         elif kind == "conversation.chat.failed":
                             chat_state.ended = True
-                            raise _chat_failed(_chat(sse, call), call)
+                            raise _chat_failed(_event_json(sse, call), call)
                         elif kind == "error":
                             raise _error_event(sse.data, call)
                         # Everything else (in_progress, audio, done, unknown) is not answer text.
@@ -334,29 +364,24 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
 
     async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
         clients = self._require_clients()
-        workflow_id = self._workflow_id(request)
+        body = _workflow_body(self._workflow_id(request), request)
+        # Sent and read here, not through cozepy's workflows.runs.create: its WorkflowRunResult
+        # has no field for the interrupt_data of a workflow that stopped at a question node.
         async with upstream_call() as call:
             with _map_coze_errors(call):
-                result = await clients.coze.workflows.runs.create(
-                    workflow_id=workflow_id,
-                    parameters=dict(request.parameters),
-                    bot_id=request.bot_id or None,
-                    app_id=request.app_id or None,
-                )
+                response = await clients.http.send(_post(clients, "/v1/workflow/run", body))
+                payload = _workflow_run_payload(response)
         return WorkflowResult(
-            output=result.data or "",
-            execute_id=result.execute_id or "",
-            debug_url=result.debug_url,
-            usage=_usage(result.usage),
+            output=_text(payload.get("data")),
+            execute_id=_text(payload.get("execute_id")),
+            debug_url=_text(payload.get("debug_url")),
+            usage=_usage_of(payload.get("usage")),
+            interrupt=_interrupt(payload.get("interrupt_data"), call),
         )
 
     async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
         clients = self._require_clients()
-        body: dict[str, Any] = {"workflow_id": self._workflow_id(request), "parameters": dict(request.parameters)}
-        if request.bot_id:
-            body["bot_id"] = request.bot_id
-        if request.app_id:
-            body["app_id"] = request.app_id
+        body = _workflow_body(self._workflow_id(request), request)
         async with contextlib.aclosing(_workflow_events(clients, "/v1/workflow/stream_run", body)) as events:
             async for event in events:
                 yield event
@@ -382,32 +407,49 @@ class CozeWorkflowService(_CozeClientUser, WorkflowService):
         return workflow_id
 
 
+def _workflow_body(workflow_id: str, request: WorkflowInput) -> dict[str, Any]:
+    """The body of /v1/workflow/run and /v1/workflow/stream_run (bot_id and app_id only when set)."""
+    body: dict[str, Any] = {"workflow_id": workflow_id, "parameters": dict(request.parameters)}
+    if request.bot_id:
+        body["bot_id"] = request.bot_id
+    if request.app_id:
+        body["app_id"] = request.app_id
+    return body
+
+
+def _post(clients: CozeClients, path: str, body: dict[str, Any]) -> httpx.Request:
+    return clients.http.build_request(
+        "POST", f"{clients.base_url}{path}", json=body, headers={"Authorization": f"Bearer {clients.token}"}
+    )
+
+
 async def _workflow_events(
     clients: CozeClients, path: str, body: dict[str, Any]
 ) -> AsyncGenerator[WorkflowNodeEvent, None]:
-    """POST a workflow stream request (stream_run or stream_resume) and yield its events until Done."""
+    """POST a workflow stream request (stream_run or stream_resume) and yield its events until it ends.
+
+    A run ends with ``Done``, or with an ``Interrupt``: Coze's own examples end the stream
+    right after it (cozepy's fixture sends a ``Done`` after it too), and the run then waits
+    for ResumeWorkflow. Anything else that ends the body is a cut.
+    """
     async with upstream_call() as call:
         with _map_coze_errors(call):
-            response = await clients.http.send(
-                clients.http.build_request(
-                    "POST",
-                    f"{clients.base_url}{path}",
-                    json=body,
-                    headers={"Authorization": f"Bearer {clients.token}"},
-                ),
-                stream=True,
-            )
+            response = await clients.http.send(_post(clients, path, body), stream=True)
             await _raise_for_json_error(response)
-            async for sse in iter_sse(body_chunks(response)):
-                if sse.event == "Message":
-                    yield _workflow_message(sse, call)
-                elif sse.event == "Interrupt":
-                    yield _workflow_interrupt(sse, call)
-                elif sse.event == "Error":
-                    raise _workflow_error(sse, call)
-                elif sse.event == "Done":
-                    return
-                # PING heartbeats and unknown events carry no output.
+            async with contextlib.aclosing(iter_sse(body_chunks(response))) as events:
+                async for sse in events:
+                    if sse.event == "Message":
+                        yield _workflow_message(sse, call)
+                    elif sse.event == "Interrupt":
+                        yield _workflow_interrupt(sse, call)
+                        # The interrupt is the run's last word until it is resumed; a Done may follow.
+                        await _drain(events)
+                        return
+                    elif sse.event == "Error":
+                        raise _workflow_error(sse, call)
+                    elif sse.event == "Done":
+                        return
+                    # PING heartbeats and unknown events carry no output.
             raise UpstreamUnavailable(
                 "Coze workflow stream ended before its Done event",
                 provider=PROVIDER,
@@ -415,18 +457,48 @@ async def _workflow_events(
             )
 
 
+def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
+    """The JSON body of a /v1/workflow/run answer; raises the typed error for an error answer."""
+    log_id = response.headers.get(LOG_ID_HEADER, "")
+    retry_after = response.headers.get("retry-after")
+    try:
+        payload = json.loads(response.content)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        # The answer of a unary run comes after the run: only a refusal to start proves nothing ran.
+        raise coze_error(
+            response.status_code,
+            f"Coze answered HTTP {response.status_code} without a workflow result",
+            log_id=log_id,
+            retry_after=retry_after,
+            unprocessed=response.status_code == 429,
+        )
+    code = payload.get("code")
+    if code:
+        raise coze_error(
+            code,
+            f"Coze: {payload.get('msg', '')}",
+            log_id=log_id,
+            retry_after=retry_after,
+            unprocessed=_is_rate_limit(code),
+        )
+    return payload
+
+
 # --- chat cancel ------------------------------------------------------------------------------
 
 
-class _CancelIfAbandoned:
-    """Cancels a Coze chat upstream when the caller leaves before Coze ended it.
+class _CancelUnlessEnded:
+    """Cancels a Coze chat upstream when the call ends before Coze ended the chat, for any reason.
 
-    Leaving means a CancelledError (the caller cancelled, or its deadline passed)
-    or a GeneratorExit (the stream was closed early) through the block. Closing the
-    connection does not stop the bot: it keeps working, and billing, unless asked
-    to cancel. A chat that completed, wants tool outputs or failed has nothing to
-    cancel. The cancel runs in the background, so the caller's cancellation is
-    neither delayed nor swallowed.
+    The caller cancelled or its deadline passed (a CancelledError), the stream was closed
+    early (GeneratorExit), the connection broke, a timeout fired, the gateway failed: Coze
+    keeps working on a created chat, and billing it, until it is asked to cancel it, and the
+    conversation stays busy (4016) meanwhile. A chat that completed, wants tool outputs or
+    failed has nothing to cancel. The cancel runs in the background, so the caller's
+    cancellation is neither delayed nor swallowed; the conversation's next turn waits for it
+    (``CozeClients.conversation_settled``).
     """
 
     __slots__ = ("_clients", "_ids", "ended")
@@ -441,31 +513,32 @@ class _CancelIfAbandoned:
         if conversation_id and chat_id:
             self._ids = (conversation_id, chat_id)
 
-    def __enter__(self) -> _CancelIfAbandoned:
+    def __enter__(self) -> _CancelUnlessEnded:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        if kind is None or not issubclass(kind, asyncio.CancelledError | GeneratorExit):
-            return
-        if self._ids is None or self.ended:
+        if kind is None or self._ids is None or self.ended:
             return
         conversation_id, chat_id = self._ids
         try:
-            self._clients.run_in_background(_cancel_chat(self._clients, conversation_id, chat_id))
+            self._clients.cancel_chat_in_background(conversation_id, chat_id)
         except RuntimeError:
             # No running loop (a generator finalised at interpreter exit): nothing can be sent.
             _LOGGER.warning("could not cancel Coze chat %s: no event loop is running", chat_id)
 
 
+# --- chat cancel ------------------------------------------------------------------------------
+
+
 async def _cancel_chat(clients: CozeClients, conversation_id: str, chat_id: str) -> None:
-    """Ask Coze to stop a chat the caller abandoned; log, never raise, when that fails."""
+    """Ask Coze to stop a chat that will not complete; log, never raise, when that fails."""
     try:
         async with upstream_call(), asyncio.timeout(_CANCEL_SECONDS):
             await clients.coze.chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
     except Exception as error:  # nobody awaits this task: the log is the only place to report it
-        _LOGGER.warning("could not cancel Coze chat %s after the caller left: %s", chat_id, _describe(error))
+        _LOGGER.warning("could not cancel unfinished Coze chat %s: %s", chat_id, _describe(error))
     else:
-        _LOGGER.debug("cancelled Coze chat %s after the caller left", chat_id)
+        _LOGGER.debug("cancelled unfinished Coze chat %s", chat_id)
 
 
 def _describe(error: Exception) -> str:
@@ -557,25 +630,47 @@ def _workflow_message(sse: ServerSentEvent, call: UpstreamCall) -> WorkflowNodeE
         node_seq_id=str(data.get("node_seq_id", "")),
         node_is_finish=bool(data.get("node_is_finish", False)),
         node_id=str(data.get("node_id", "")),
-        usage=_usage(cozepy.ChatUsage.model_validate(usage)) if isinstance(usage, dict) else None,
+        usage=_usage_of(usage),
     )
 
 
 def _workflow_interrupt(sse: ServerSentEvent, call: UpstreamCall) -> WorkflowNodeEvent:
     data = _event_json(sse, call)
-    interrupt = data.get("interrupt_data")
-    if not isinstance(interrupt, dict) or "event_id" not in interrupt:
+    interrupt = _interrupt(data.get("interrupt_data"), call)
+    if interrupt is None:
         raise UpstreamUnavailable(
             "Coze sent an Interrupt event without interrupt_data", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
         )
-    return WorkflowNodeEvent(
-        node_title=str(data.get("node_title", "")),
-        interrupt=WorkflowInterrupt(
-            event_id=str(interrupt["event_id"]),
-            interrupt_type=int(interrupt.get("type", 0)),
-            data=str(interrupt.get("data", "")),
-        ),
+    return WorkflowNodeEvent(node_title=str(data.get("node_title", "")), interrupt=interrupt)
+
+
+def _interrupt(interrupt_data: object, call: UpstreamCall) -> WorkflowInterrupt | None:
+    """An ``interrupt_data`` object (of an Interrupt event or a /v1/workflow/run answer); None when absent."""
+    if not isinstance(interrupt_data, dict) or not interrupt_data.get("event_id"):
+        return None
+    try:
+        interrupt_type = int(interrupt_data.get("type") or 0)
+    except (TypeError, ValueError):
+        raise UpstreamUnavailable(
+            "Coze sent an interrupt whose type is not a number", provider=PROVIDER, log_id=call.header(LOG_ID_HEADER)
+        ) from None
+    return WorkflowInterrupt(
+        event_id=str(interrupt_data["event_id"]),
+        interrupt_type=interrupt_type,
+        data=_text(interrupt_data.get("data")),
     )
+
+
+def _text(value: object) -> str:
+    """A string field of a Coze answer; "" when absent or null."""
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _usage_of(usage: object) -> Usage | None:
+    """A usage object of a Coze answer ({input_count, output_count, token_count}); None when absent."""
+    if not isinstance(usage, dict):
+        return None
+    return _usage(cozepy.ChatUsage.model_validate(usage))
 
 
 def _workflow_error(sse: ServerSentEvent, call: UpstreamCall) -> UpstreamError:
@@ -587,11 +682,17 @@ def _workflow_error(sse: ServerSentEvent, call: UpstreamCall) -> UpstreamError:
     )
 
 
-def _chat_failed(chat: cozepy.Chat, call: UpstreamCall) -> UpstreamError:
-    last_error = chat.last_error
-    code = last_error.code if last_error is not None else None
-    message = last_error.msg if last_error is not None else ""
-    return coze_error(code, f"Coze chat failed: {message}", log_id=call.header(LOG_ID_HEADER))
+def _chat_failed(data: Mapping[str, Any], call: UpstreamCall) -> UpstreamError:
+    """The error of a conversation.chat.failed event, in either documented shape.
+
+    Real traffic sends a Chat object with ``last_error {code, msg}``; Coze's API reference
+    shows ``{"code", "msg"}`` itself as the event's data.
+    """
+    last_error = data.get("last_error")
+    details: Mapping[str, Any] = last_error if isinstance(last_error, dict) and last_error.get("code") else data
+    return coze_error(
+        details.get("code"), f"Coze chat failed: {details.get('msg', '')}", log_id=call.header(LOG_ID_HEADER)
+    )
 
 
 def _chat(sse: ServerSentEvent, call: UpstreamCall) -> cozepy.Chat:
@@ -630,26 +731,42 @@ async def _raise_for_json_error(response: httpx.Response) -> None:
         payload = json.loads(body)
     except ValueError:
         payload = None
+    # An error answer where the stream was due: Coze did not start on the request.
     if isinstance(payload, dict) and payload.get("code"):
-        raise coze_error(payload.get("code"), f"Coze: {payload.get('msg', '')}", log_id=log_id, retry_after=retry_after)
+        raise coze_error(
+            payload.get("code"),
+            f"Coze: {payload.get('msg', '')}",
+            log_id=log_id,
+            retry_after=retry_after,
+            unprocessed=True,
+        )
     raise coze_error(
         response.status_code,
         f"Coze answered HTTP {response.status_code} without an event stream",
         log_id=log_id,
-        retry_after=response.headers.get("retry-after"),
+        retry_after=retry_after,
+        unprocessed=True,
     )
 
 
 # --- errors -----------------------------------------------------------------------------------
 
 
-def coze_error(code: object, message: str, *, log_id: str = "", retry_after: str | None = None) -> UpstreamError:
-    """The typed error for a Coze business code (or the HTTP status in its place)."""
-    try:
-        number = int(str(code))
-    except ValueError:
-        number = 0
-    facts: dict[str, Any] = {"provider": PROVIDER, "upstream_code": str(code or ""), "log_id": log_id}
+def coze_error(
+    code: object, message: str, *, log_id: str = "", retry_after: str | None = None, unprocessed: bool = False
+) -> UpstreamError:
+    """The typed error for a Coze business code (or the HTTP status in its place).
+
+    ``unprocessed`` says that Coze answered with this error instead of starting the work
+    (see ``UpstreamError.unprocessed``).
+    """
+    number = _code_number(code)
+    facts: dict[str, Any] = {
+        "provider": PROVIDER,
+        "upstream_code": str(code or ""),
+        "log_id": log_id,
+        "unprocessed": unprocessed,
+    }
     if number in _AUTH_CODES:
         return UpstreamAuthError(
             f"Coze rejected the gateway's credentials: {message}. Check COZE_API_TOKEN, "
@@ -662,11 +779,25 @@ def coze_error(code: object, message: str, *, log_id: str = "", retry_after: str
         return UpstreamRateLimited(message, retry_after_seconds=_seconds(retry_after), **facts)
     if number in _BAD_REQUEST_CODES:
         return UpstreamInvalidRequest(message, **facts)
+    if number == _CONVERSATION_BUSY_CODE:
+        return UpstreamConversationBusy(message, retry_after_seconds=_seconds(retry_after), **facts)
     if number in _REJECTED_CODES:
         return UpstreamRejected(message, **facts)
     if 500 <= number < 600 or 5000 <= number < 6000:
         return UpstreamUnavailable(message, **facts)
     return UpstreamError(message, **facts)
+
+
+def _code_number(code: object) -> int:
+    try:
+        return int(str(code))
+    except ValueError:
+        return 0
+
+
+def _is_rate_limit(code: object) -> bool:
+    """Whether a Coze code (or HTTP status) says the request was refused for its rate, before any work."""
+    return _code_number(code) in _RATE_LIMIT_CODES
 
 
 def _seconds(value: str | None) -> float | None:
@@ -682,6 +813,7 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
     try:
         yield
     except cozepy.CozeAPIError as error:
+        # cozepy raises it for an error answer where the chat stream was due: Coze did not start.
         response = call.responses[-1] if call.responses else None
         retry_after = response.headers.get("retry-after") if response is not None else None
         raise coze_error(
@@ -689,12 +821,25 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
             f"Coze: {error.msg}",
             log_id=error.logid or call.header(LOG_ID_HEADER),
             retry_after=retry_after,
+            unprocessed=True,
         ) from error
     except pydantic.ValidationError as error:
         raise UpstreamUnavailable(
             "Coze sent an event that does not match its schema",
             provider=PROVIDER,
             log_id=call.header(LOG_ID_HEADER),
+        ) from error
+    except httpx.ConnectTimeout as error:
+        # No connection within the connect timeout: the request never left, so it may be sent again.
+        raise UpstreamTimeout(
+            f"could not connect to Coze in time ({type(error).__name__})",
+            provider=PROVIDER,
+            transient=True,
+            unprocessed=True,
+        ) from error
+    except httpx.ConnectError as error:
+        raise UpstreamUnavailable(
+            f"Coze is unreachable ({type(error).__name__})", provider=PROVIDER, unprocessed=True
         ) from error
     except httpx.TimeoutException as error:
         raise UpstreamTimeout(
@@ -704,7 +849,7 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
         ) from error
     except httpx.TransportError as error:
         raise UpstreamUnavailable(
-            f"Coze is unreachable or broke the connection ({type(error).__name__})",
+            f"Coze broke the connection ({type(error).__name__})",
             provider=PROVIDER,
             log_id=call.header(LOG_ID_HEADER),
         ) from error

@@ -14,13 +14,22 @@ place that turns each into a gRPC status. The tree::
         ├── UpstreamNotFound ...... the upstream has no such bot / workflow / model
         ├── UpstreamRateLimited ... the upstream asked us to slow down
         ├── UpstreamRejected ...... the upstream refused the request for another reason
+        ├── UpstreamConversationBusy  another chat is still running in the conversation
         ├── UpstreamUnavailable ... unreachable, 5xx, or the stream broke part-way
         └── UpstreamTimeout ....... the upstream did not answer in time
 
 Every message is safe to show a caller: it never contains a secret.
+
+Two facts on an ``UpstreamError`` decide whether the gateway may send the request again:
+``transient`` (the condition may clear shortly) and ``unprocessed`` (the upstream provably
+did no work for it: the request never reached it, or it refused the request before starting).
+Only a failure that is both is retried (``providers/guard.py``): a retry after the upstream
+started would run, and bill, the work twice.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -67,7 +76,7 @@ class UpstreamError(GatewayError):
     """The upstream AI service failed; carries what it told us about the failure."""
 
     reason = "UPSTREAM_ERROR"
-    #: Whether the same request may succeed if sent again shortly (before any output was relayed).
+    #: Whether the same request may succeed if sent again shortly.
     transient = False
 
     def __init__(
@@ -79,6 +88,7 @@ class UpstreamError(GatewayError):
         log_id: str = "",
         retry_after_seconds: float | None = None,
         transient: bool | None = None,
+        unprocessed: bool = False,
     ) -> None:
         self.provider = provider
         self.upstream_code = upstream_code
@@ -86,6 +96,10 @@ class UpstreamError(GatewayError):
         self.retry_after_seconds = retry_after_seconds
         if transient is not None:
             self.transient = transient
+        #: True only when the upstream provably did no work for the request: it never reached
+        #: the upstream (a connect failure), or the upstream answered with an error instead of
+        #: starting (an error status or error body where a stream or result was due).
+        self.unprocessed = unprocessed
         super().__init__(_with_upstream_facts(message, provider, upstream_code, log_id))
 
 
@@ -118,6 +132,21 @@ class UpstreamRejected(UpstreamError):
     """The upstream refused the request for a reason retrying will not fix."""
 
     reason = "UPSTREAM_REJECTED"
+
+
+class UpstreamConversationBusy(UpstreamError):
+    """Another chat is still running in the conversation (Coze 4016); it clears when that chat ends."""
+
+    reason = "UPSTREAM_CONVERSATION_BUSY"
+    # Not transient for the gateway's own retries: the other chat may run for minutes, so
+    # the caller decides when to try again (RetryInfo says how soon it might succeed).
+    #: Seconds a caller is told to wait when the upstream names no time of its own.
+    default_retry_after_seconds = 1.0
+
+    def __init__(self, message: str, **facts: Any) -> None:
+        if facts.get("retry_after_seconds") is None:
+            facts["retry_after_seconds"] = self.default_retry_after_seconds
+        super().__init__(message, **facts)
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -5,19 +5,24 @@ A guard wraps one call to a service:
 - **Timeouts.** Time to the first event, the longest silence between two events,
   and the whole call, each optional. A timeout cancels the provider's pending
   read, which closes its upstream request, and ends the call with UpstreamTimeout.
-- **Retries, only where safe.** A transient failure (connect error, 502/503/504,
-  a 429 whose Retry-After is short) is retried with exponential backoff and full
-  jitter, within the caller's deadline and the attempt limit, and *only before the
-  first event reached the caller*: after that a retry would repeat text the caller
-  already has, so the failure is reported instead.
+- **Retries, only where the upstream did no work.** A failure is retried only when
+  it is transient *and* the upstream provably did not start on the request
+  (``UpstreamError.unprocessed``: a connect failure, or an error answer such as a
+  502 or a 429 with a short Retry-After where a stream was due), with exponential
+  backoff and full jitter, within the caller's deadline and the attempt limit. A
+  request the upstream started (a Coze chat it created, a workflow that may have
+  side effects, a stream that broke) is never sent again: that would run, and
+  bill, the work twice, and the caller could get text twice.
 - **Load shedding.** At most ``max_concurrency`` calls of a service run at once;
-  one more is refused at once with Overloaded instead of queueing without bound.
+  one more is refused at once with Overloaded instead of queueing without bound,
+  and the first refusal of a service is logged once, so an operator sees the cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -27,6 +32,7 @@ from typing import TypeVar
 from providers.errors import Overloaded, UpstreamError, UpstreamRateLimited, UpstreamTimeout
 
 _T = TypeVar("_T")
+_LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ class CallGuard:
         self._service_name = service_name
         self._policy = policy
         self._running = 0
+        self._refused_before = False
 
     @property
     def running(self) -> int:
@@ -87,7 +94,8 @@ class CallGuard:
                             delivered = True
                             yield event
                     except UpstreamError as error:
-                        # Once the caller has text, a retry would repeat it: report the failure instead.
+                        # Once the caller has text, a retry would repeat it (and the upstream did work
+                        # anyway): report the failure instead.
                         delay = None if delivered else self._retry_delay(error, attempt, retry_deadline)
                         if delay is None:
                             raise
@@ -118,7 +126,7 @@ class CallGuard:
     def _retry_delay(self, error: UpstreamError, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None when the failure must be reported."""
         policy = self._policy
-        if attempt >= policy.max_attempts or not error.transient:
+        if attempt >= policy.max_attempts or not (error.transient and error.unprocessed):
             return None
         if isinstance(error, UpstreamRateLimited):
             if error.retry_after_seconds is None or error.retry_after_seconds > policy.max_retry_after:
@@ -135,6 +143,16 @@ class CallGuard:
     def _slot(self) -> Iterator[None]:
         limit = self._policy.max_concurrency
         if limit is not None and self._running >= limit:
+            if not self._refused_before:
+                # Once per service and process: refusals can come by the thousand a second.
+                self._refused_before = True
+                _LOGGER.warning(
+                    "service %r reached its limit of %d concurrent calls and refuses more "
+                    "(RESOURCE_EXHAUSTED); raise max_concurrent_calls if the host has room "
+                    "(logged once)",
+                    self._service_name,
+                    limit,
+                )
             raise Overloaded(
                 f"service {self._service_name!r} is at its limit of {limit} concurrent calls; retry shortly"
             )

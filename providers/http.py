@@ -21,14 +21,14 @@ import contextlib
 import http.cookiejar
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp.transport import map_aiohttp_exceptions
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 _CURRENT_CALL: ContextVar[UpstreamCall | None] = ContextVar("aiplatform_upstream_call", default=None)
 
@@ -80,45 +80,90 @@ async def _track_response(response: httpx.Response) -> None:
 # get the whole receive buffer in one piece, and split it into lines at once.
 READ_CHUNK_BYTES = 16 * 1024
 
+# aiohttp's StreamReader keeps a connection error (a cut, a truncated chunked body, a read
+# timeout) beside the bytes it already received, and every public read method raises that
+# error *first*: whatever the reader had not consumed yet, often most of a burst when the
+# caller reads slowly, would be lost. No public interface hands those bytes out once the
+# error is set, so ``received_chunks`` takes them with ``_read_nowait``, the method its
+# public reads end in. It is looked up here, at import, so an aiohttp that renamed it fails
+# the gateway's start (and its tests) instead of silently losing bytes again.
+_read_buffered: Callable[[aiohttp.StreamReader, int], bytes] = aiohttp.StreamReader._read_nowait
+
+
+async def received_chunks(reader: aiohttp.StreamReader, size: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """Every byte of an aiohttp body, at most ``size`` at a time; a connection error comes after the last byte.
+
+    httpx's own engine behaves this way (every received byte, then ``RemoteProtocolError``);
+    aiohttp's ``iter_chunked`` raises the error before the bytes it buffered.
+    """
+    try:
+        async for chunk in reader.iter_chunked(size):
+            yield chunk
+    except Exception:
+        while reader._buffer:  # private, as _read_buffered above
+            yield _read_buffered(reader, size)
+        raise
+
 
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """A streamed httpx response's body, piece by piece as it arrives.
+    """A streamed httpx response's body, piece by piece as it arrives, every received byte before an error.
 
-    When the response came straight from the aiohttp transport (as the Coze client sends,
-    ``providers/coze.py``) and its body needs no decoding (no Content-Encoding), the pieces
-    come straight from the aiohttp response under it: httpx's layers in between
-    (``aiter_bytes``, ``aiter_raw``, the identity decoder, byte counting) cost a few µs per
-    piece, 48 µs per 10-token Coze answer (benchmarks/RESULTS.md, run G). Errors are mapped
-    to httpx's as its own reading would, and closing the httpx response still releases the
-    connection. Otherwise httpx reads and decodes the body.
+    When the response came from the aiohttp transport (``tracked_client_options``) and its
+    body needs no decoding (no Content-Encoding), the pieces come straight from the aiohttp
+    response under it: httpx's layers in between (``aiter_bytes``, ``aiter_raw``, the
+    identity decoder, byte counting) cost a few µs per piece, 48 µs per 10-token Coze answer
+    (benchmarks/RESULTS.md, run G). Errors are mapped to httpx's as its own reading would,
+    and closing the httpx response still releases the connection. Otherwise httpx reads and
+    decodes the body, from the same lossless stream.
     """
-    aiohttp_response = getattr(response.stream, "_aiohttp_response", None)  # httpx-aiohttp's stream
-    if isinstance(aiohttp_response, aiohttp.ClientResponse) and "content-encoding" not in response.headers:
-        return _aiohttp_body(aiohttp_response)
+    stream = response.stream
+    if isinstance(stream, _ReceivedBytesStream) and "content-encoding" not in response.headers:
+        return stream.raw_chunks()
     return response.aiter_bytes()
 
 
-async def _aiohttp_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    with map_aiohttp_exceptions():
-        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+class _ReceivedBytesStream(AiohttpResponseStream):
+    """httpx-aiohttp's response body, read with ``received_chunks`` so no received byte is lost."""
+
+    def __init__(self, aiohttp_response: aiohttp.ClientResponse) -> None:
+        super().__init__(aiohttp_response)
+        self._response = aiohttp_response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.raw_chunks():
             yield chunk
+
+    async def raw_chunks(self) -> AsyncIterator[bytes]:
+        """The body as received (still encoded), with aiohttp's errors mapped to httpx's."""
+        with map_aiohttp_exceptions():
+            async for chunk in received_chunks(self._response.content, self.CHUNK_SIZE):
+                yield chunk
 
 
 class _Transport(AiohttpTransport):
-    """httpx-aiohttp's transport, with a hang-up reported as what it is.
+    """httpx-aiohttp's transport, with a hang-up reported as what it is and no received byte lost.
 
-    It maps every aiohttp connection error to ``httpx.ConnectTimeout``, so an
-    upstream that closes the connection before answering would read as a timeout
-    (and not be retried); only a real timeout stays a timeout.
+    It maps every aiohttp connection error to ``httpx.ConnectTimeout``. Only a failure to
+    connect becomes ``httpx.ConnectError`` here (the request never reached the upstream, so
+    it may be sent again); a connection the upstream closed before answering becomes
+    ``httpx.RemoteProtocolError``, as on httpx's own engine (the upstream had the request and
+    may have started on it); a real timeout stays a timeout.
     """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await super().handle_async_request(request)
+            response = await super().handle_async_request(request)
         except httpx.ConnectTimeout as error:
-            if isinstance(error.__cause__, TimeoutError):
+            cause = error.__cause__
+            if isinstance(cause, TimeoutError):
                 raise
-            raise httpx.ConnectError(str(error), request=request) from error.__cause__
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(error), request=request) from cause
+            raise httpx.RemoteProtocolError(str(error), request=request) from cause
+        stream = response.stream
+        assert isinstance(stream, AiohttpResponseStream)
+        response.stream = _ReceivedBytesStream(stream._aiohttp_response)
+        return response
 
 
 class _NoCookies(http.cookiejar.CookieJar):

@@ -45,7 +45,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.http import READ_CHUNK_BYTES, upstream_session
+from providers.http import received_chunks, upstream_session
 from providers.sse import ServerSentEvent, iter_sse
 
 PROVIDER = "openai"
@@ -169,7 +169,7 @@ class OpenAIChatService(ChatService):
                 finish_reason: FinishReason | None = None
                 usage: Usage | None = None
                 chat_id = ""
-                async with contextlib.aclosing(iter_sse(response.content.iter_chunked(READ_CHUNK_BYTES))) as events:
+                async with contextlib.aclosing(iter_sse(received_chunks(response.content))) as events:
                     async for sse in events:
                         data = sse.data
                         if data == "[DONE]":
@@ -265,7 +265,10 @@ class OpenAIChatService(ChatService):
             return
         payload = _json_object(await response.read())
         error = payload.get("error") if payload is not None else None
-        raise self._error(response.status, error, exchange, f"the upstream answered HTTP {response.status}")
+        # An error status instead of an answer: the upstream did no work for the request.
+        raise self._error(
+            response.status, error, exchange, f"the upstream answered HTTP {response.status}", unprocessed=True
+        )
 
     async def _raise_for_json_instead_of_stream(self, response: aiohttp.ClientResponse, exchange: _Exchange) -> None:
         """Some servers answer a failed stream request with a JSON error body and HTTP 200."""
@@ -273,7 +276,8 @@ class OpenAIChatService(ChatService):
             return
         payload = _json_object(await response.read())
         if payload is not None and "error" in payload:
-            raise self._error(None, payload["error"], exchange, "the upstream failed")
+            # An error body where the stream was due: the upstream did not start.
+            raise self._error(None, payload["error"], exchange, "the upstream failed", unprocessed=True)
         raise self._broken(exchange, "the upstream answered with JSON instead of an event stream")
 
     def _chunk(self, data: str, exchange: _Exchange) -> dict[str, Any]:
@@ -289,7 +293,9 @@ class OpenAIChatService(ChatService):
     def _broken(self, exchange: _Exchange, what: str) -> UpstreamUnavailable:
         return UpstreamUnavailable(f"service {self.name!r}: {what}", provider=PROVIDER, log_id=exchange.log_id())
 
-    def _error(self, status: int | None, error: object, exchange: _Exchange, fallback: str) -> UpstreamError:
+    def _error(
+        self, status: int | None, error: object, exchange: _Exchange, fallback: str, *, unprocessed: bool = False
+    ) -> UpstreamError:
         return openai_error(
             status,
             error,
@@ -298,6 +304,7 @@ class OpenAIChatService(ChatService):
             log_id=exchange.log_id(),
             retry_after_seconds=_retry_after(exchange.headers),
             secret=self._api_key,
+            unprocessed=unprocessed,
         )
 
 
@@ -398,6 +405,7 @@ def openai_error(
     log_id: str = "",
     retry_after_seconds: float | None = None,
     secret: str = "",
+    unprocessed: bool = False,
 ) -> UpstreamError:
     """The typed error for an HTTP status and/or an OpenAI error object ``{"message", "type", "code"}``.
 
@@ -415,6 +423,7 @@ def openai_error(
         "provider": PROVIDER,
         "upstream_code": code or kind or (str(status) if status else ""),
         "log_id": log_id,
+        "unprocessed": unprocessed,
     }
     if status in (401, 403):
         return UpstreamAuthError(f"{message}. Check the API key of service {service!r}", **facts)
@@ -449,17 +458,32 @@ def _map_transport_errors(exchange: _Exchange) -> Iterator[None]:
     """Translate aiohttp's exceptions into the gateway's error tree."""
     try:
         yield
+    except aiohttp.ConnectionTimeoutError as error:
+        # No connection within the connect timeout: the request never left, so it may be sent again.
+        raise UpstreamTimeout(
+            f"could not connect to the upstream in time ({type(error).__name__})",
+            provider=PROVIDER,
+            transient=True,
+            unprocessed=True,
+        ) from error
     except TimeoutError as error:
-        # aiohttp's connect and read timeouts (ConnectionTimeoutError, SocketTimeoutError) are TimeoutErrors.
+        # aiohttp's read timeout (SocketTimeoutError) is a TimeoutError.
         raise UpstreamTimeout(
             f"the upstream did not answer in time ({type(error).__name__})",
             provider=PROVIDER,
             log_id=exchange.log_id(),
         ) from error
-    except aiohttp.ClientError as error:
-        # Refused, reset, hung up, or a body cut short (ClientPayloadError).
+    except aiohttp.ClientConnectorError as error:
+        # Refused, unresolvable, TLS handshake failed: the request never reached the upstream.
         raise UpstreamUnavailable(
-            f"the upstream is unreachable or broke the connection ({type(error).__name__})",
+            f"the upstream is unreachable ({type(error).__name__})",
+            provider=PROVIDER,
+            unprocessed=True,
+        ) from error
+    except aiohttp.ClientError as error:
+        # Reset, hung up, or a body cut short (ClientPayloadError): the upstream had the request.
+        raise UpstreamUnavailable(
+            f"the upstream broke the connection ({type(error).__name__})",
             provider=PROVIDER,
             log_id=exchange.log_id(),
         ) from error

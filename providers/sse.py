@@ -24,7 +24,7 @@ class ServerSentEvent(NamedTuple):
 
 
 async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[ServerSentEvent, None]:
-    """Yield the events of a body, given as its chunks (httpx ``aiter_bytes()``, aiohttp ``iter_chunked(n)``).
+    """Yield the events of a body, given as its chunks (``providers.http.body_chunks`` or ``received_chunks``).
 
     An event still pending at the end of the body is dispatched too: Coze's own
     recorded streams end without the final blank line.

@@ -24,6 +24,7 @@ from providers.base import (
     ToolCall,
     Usage,
     WorkflowInput,
+    WorkflowInterrupt,
     WorkflowNodeEvent,
     WorkflowResult,
     WorkflowResume,
@@ -31,6 +32,8 @@ from providers.base import (
 from providers.errors import InvalidRequest
 
 _ROLES = frozenset({"user", "assistant", "system"})
+# The largest integer a double (a Struct number) holds exactly, with every integer below it.
+_MAX_EXACT_INTEGER = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,17 @@ def _value(value: struct_pb2.Value, path: str) -> Any:
         number = value.number_value
         if not math.isfinite(number):
             raise InvalidRequest(path, "must be a finite number")
-        return int(number) if number.is_integer() else number
+        if number.is_integer():
+            if abs(number) > _MAX_EXACT_INTEGER:
+                # A Struct number is a double: past 2^53 the caller's integer may already have
+                # been changed in transit (2^53 + 1 arrives as 2^53), and nothing can tell.
+                raise InvalidRequest(
+                    path,
+                    f"integers beyond ±{_MAX_EXACT_INTEGER} cannot be sent exactly as a JSON/Struct number; "
+                    "send it as a string",
+                )
+            return int(number)
+        return number
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
@@ -201,12 +214,13 @@ def stream_chat_response(event: TextDelta | ReasoningDelta | ChatFinished) -> pb
 
 
 def run_workflow_response(result: WorkflowResult) -> pb.RunWorkflowResponse:
-    """A whole workflow run as the API's RunWorkflowResponse."""
+    """A whole workflow run (or the interrupt it stopped at) as the API's RunWorkflowResponse."""
     return pb.RunWorkflowResponse(
         output=result.output,
         execute_id=result.execute_id,
         debug_url=result.debug_url,
         usage=usage_message(result.usage),
+        interrupt=_interrupt_message(result.interrupt),
     )
 
 
@@ -223,7 +237,6 @@ def resume_workflow_response(event: WorkflowNodeEvent) -> pb.ResumeWorkflowRespo
 def _workflow_event_fields(event: WorkflowNodeEvent) -> dict[str, Any]:
     # StreamWorkflowResponse and ResumeWorkflowResponse have the same fields (buf
     # wants one response type per RPC), so both are built from one mapping.
-    interrupt = event.interrupt
     return {
         "content": event.content,
         "node_title": event.node_title,
@@ -231,7 +244,11 @@ def _workflow_event_fields(event: WorkflowNodeEvent) -> dict[str, Any]:
         "node_is_finish": event.node_is_finish,
         "node_id": event.node_id,
         "usage": usage_message(event.usage),
-        "interrupt": None
-        if interrupt is None
-        else pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data),
+        "interrupt": _interrupt_message(event.interrupt),
     }
+
+
+def _interrupt_message(interrupt: WorkflowInterrupt | None) -> pb.WorkflowInterrupt | None:
+    if interrupt is None:
+        return None
+    return pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data)

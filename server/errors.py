@@ -27,6 +27,7 @@ from providers.errors import (
     ServiceNotFound,
     ServiceNotReady,
     UpstreamAuthError,
+    UpstreamConversationBusy,
     UpstreamError,
     UpstreamInvalidRequest,
     UpstreamNotFound,
@@ -54,6 +55,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     # UNAUTHENTICATED stays reserved for the caller's own key.
     (UpstreamAuthError, grpc.StatusCode.FAILED_PRECONDITION),
     (UpstreamNotFound, grpc.StatusCode.NOT_FOUND),
+    # Clears when the other chat of the conversation ends: retry the whole turn later (RetryInfo).
+    (UpstreamConversationBusy, grpc.StatusCode.ABORTED),
     (UpstreamRateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamInvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (UpstreamRejected, grpc.StatusCode.FAILED_PRECONDITION),

@@ -32,7 +32,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from providers.base import ParameterSpec
-from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
+from providers.catalog import (
+    DEFAULT_COZE_BASE_URL,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_OPENAI_BASE_URL,
+    ServiceConfig,
+)
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -89,7 +94,9 @@ class GatewaySettings(BaseSettings):
     idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
     total_timeout_seconds: float = Field(600.0, gt=0, description="the whole upstream call")
     max_attempts: int = Field(3, ge=1, le=10, description="attempts for a transient failure before any output")
-    max_concurrent_calls: int = Field(256, ge=1, description="calls in flight per service; more are refused")
+    max_concurrent_calls: int = Field(
+        DEFAULT_MAX_CONCURRENT_CALLS, ge=1, description="calls in flight per service; more are refused (README: sizing)"
+    )
     max_messages: int = Field(100, ge=1, description="messages in one chat request")
     max_message_bytes: int = Field(256 * 1024, ge=1, description="UTF-8 bytes of one message's content")
     max_parameters_bytes: int = Field(64 * 1024, ge=1, description="encoded size of a request's parameters")

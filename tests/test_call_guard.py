@@ -1,4 +1,4 @@
-"""CallGuard on its own: timeouts, retries only before the first event, and load shedding."""
+"""CallGuard on its own: timeouts, retries only where the upstream did no work, and load shedding."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class _Upstream:
             self.closed += 1
 
 
-def _unavailable() -> UpstreamUnavailable:
-    return UpstreamUnavailable("502", provider="test", upstream_code="502")
+def _unavailable(*, unprocessed: bool = True) -> UpstreamUnavailable:
+    """A 502 answer where the stream was due (unprocessed), or a connection that broke after the upstream began."""
+    return UpstreamUnavailable("502", provider="test", upstream_code="502", unprocessed=unprocessed)
 
 
 async def _collect(guard: CallGuard, upstream: _Upstream, deadline: float | None = None) -> list[str]:
@@ -56,6 +57,35 @@ async def test_a_transient_failure_before_the_first_event_is_retried() -> None:
     upstream = _Upstream([_unavailable()], [_unavailable()], ["a", "b"])
     assert await _collect(CallGuard("s", FAST), upstream) == ["a", "b"]
     assert (upstream.opened, upstream.closed) == (3, 3)
+
+
+async def test_a_transient_failure_after_the_upstream_started_work_is_not_retried() -> None:
+    # E.g. the connection broke after Coze created the chat, before any text: a retry would
+    # run (and bill) a second chat.
+    upstream = _Upstream([_unavailable(unprocessed=False)], ["a", "b"])
+    with pytest.raises(UpstreamUnavailable):
+        await _collect(CallGuard("s", FAST), upstream)
+    assert upstream.opened == 1
+
+
+async def test_an_unary_call_is_retried_only_where_the_upstream_did_no_work() -> None:
+    for unprocessed, expected_attempts in ((True, 2), (False, 1)):
+        attempts = 0
+
+        async def run(unprocessed: bool = unprocessed) -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                raise _unavailable(unprocessed=unprocessed)
+            return "ok"
+
+        attempts = 0
+        if expected_attempts == 2:
+            assert await CallGuard("s", FAST).call(run, None) == "ok"
+        else:
+            with pytest.raises(UpstreamUnavailable):
+                await CallGuard("s", FAST).call(run, None)
+        assert attempts == expected_attempts
 
 
 async def test_attempts_are_limited() -> None:
@@ -84,7 +114,7 @@ async def test_failures_retrying_cannot_fix_are_not_retried() -> None:
 
 @pytest.mark.parametrize(("retry_after", "retried"), [(0.01, True), (5.0, False), (None, False)])
 async def test_rate_limits_are_retried_only_after_a_short_retry_after(retry_after: float | None, retried: bool) -> None:
-    limited = UpstreamRateLimited("429", provider="test", retry_after_seconds=retry_after)
+    limited = UpstreamRateLimited("429", provider="test", retry_after_seconds=retry_after, unprocessed=True)
     upstream = _Upstream([limited], ["ok"])
     if retried:
         assert await _collect(CallGuard("s", FAST), upstream) == ["ok"]
@@ -96,7 +126,7 @@ async def test_rate_limits_are_retried_only_after_a_short_retry_after(retry_afte
 
 async def test_no_retry_when_the_backoff_would_pass_the_deadline() -> None:
     policy = CallPolicy(backoff_initial=10.0, backoff_max=10.0)
-    upstream = _Upstream([UpstreamRateLimited("429", provider="t", retry_after_seconds=1.0)], ["ok"])
+    upstream = _Upstream([UpstreamRateLimited("429", provider="t", retry_after_seconds=1.0, unprocessed=True)], ["ok"])
     with pytest.raises(UpstreamRateLimited):
         await _collect(CallGuard("s", policy), upstream, deadline=time.monotonic() + 0.5)
     assert upstream.opened == 1
@@ -138,6 +168,28 @@ async def test_a_full_service_refuses_at_once_and_frees_its_slots() -> None:
     gate.set()
     assert await first == ["done"] and await second == ["done"]
     assert guard.running == 0
+
+
+async def test_the_first_refusal_of_a_service_is_logged_once_with_its_name(caplog: pytest.LogCaptureFixture) -> None:
+    guard = CallGuard("busy-service", CallPolicy(max_concurrency=1))
+    gate = asyncio.Event()
+
+    async def slow() -> AsyncGenerator[str, None]:
+        await gate.wait()
+        yield "done"
+
+    holder = asyncio.create_task(_drain(guard.stream(slow, None)))
+    await asyncio.sleep(0.01)
+    with caplog.at_level("WARNING", logger="providers.guard"):
+        for _ in range(3):
+            with pytest.raises(Overloaded):
+                await _drain(guard.stream(slow, None))
+    gate.set()
+    await holder
+    warnings = [record for record in caplog.records if record.name == "providers.guard"]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert "'busy-service'" in warnings[0].getMessage() and "limit of 1" in warnings[0].getMessage()
     assert await _drain(guard.stream(slow, None)) == ["done"]
 
 

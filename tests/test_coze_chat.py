@@ -238,7 +238,8 @@ async def test_failures_after_chunks_deliver_the_chunks_then_fail(
     assert error.code() == code
     for fragment in fragments:
         assert fragment in (error.details() or "")
-    assert f"logid={fake_coze.requests[-1].log_id}" in (error.details() or "")
+    chat_request = [request for request in fake_coze.requests if request.path == "/v3/chat"][-1]
+    assert f"logid={chat_request.log_id}" in (error.details() or "")
 
     unary_error = (await _unary(stub.Chat(_chat_request(bot_id))))[1]
     assert unary_error is not None and unary_error.code() == code

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -32,7 +32,7 @@ from providers.registry import ServiceRegistry
 from server.app import start_server
 from tests.conftest import error_details, make_settings
 from tests.fakes import openai as fake
-from tests.fakes._server import http_server, misbehaving_server
+from tests.fakes._server import closed_port, http_server, misbehaving_server
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import collect
 
@@ -569,14 +569,20 @@ async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: 
     await fake_openai.wait_for_disconnect(timeout=2.0)
 
 
-async def test_an_upstream_that_hangs_up_is_unavailable_and_a_silent_one_times_out() -> None:
-    # A hang-up before any answer is retried by the guard (transient); a silence is not.
-    cases: list[tuple[Literal["hang up", "say nothing"], type[UpstreamError], bool]] = [
-        ("hang up", UpstreamUnavailable, True),
-        ("say nothing", UpstreamTimeout, False),
+async def test_a_refused_upstream_may_be_retried_but_one_that_had_the_request_may_not() -> None:
+    # Refused: the request never reached the upstream, so the guard may send it again. A hang-up
+    # after the request went out, or a silence, may follow work the upstream did: not retried.
+    @contextlib.asynccontextmanager
+    async def refusing() -> AsyncIterator[int]:
+        yield closed_port()
+
+    cases: list[tuple[Callable[[], Any], type[UpstreamError], bool]] = [
+        (refusing, UpstreamUnavailable, True),
+        (lambda: misbehaving_server("hang up"), UpstreamUnavailable, False),
+        (lambda: misbehaving_server("say nothing"), UpstreamTimeout, False),
     ]
-    for behaviour, expected, transient in cases:
-        async with misbehaving_server(behaviour) as port:
+    for server, expected, retry_safe in cases:
+        async with server() as port:
             service = OpenAIChatService(
                 "openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", default_model="m", read_timeout=0.2
             )
@@ -584,7 +590,7 @@ async def test_an_upstream_that_hangs_up_is_unavailable_and_a_silent_one_times_o
                 for call in (_chat, _streamed_events):
                     with pytest.raises(expected) as caught:
                         await call(service)
-                    assert caught.value.transient is transient
+                    assert (caught.value.transient and caught.value.unprocessed) is retry_safe
             finally:
                 await service.aclose()
 

@@ -102,6 +102,13 @@ async def test_bot_id_given_as_a_number_is_rejected(stub: pb_grpc.AIPlatformServ
     parameters.update({"bot_id": 7379462189365198898})
     error = await _expect(call, stub, {"service_name": "coze", "messages": HI, "parameters": parameters})
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Past 2^53 a number has lost digits already, so that is what the caller is told.
+    assert (error.details() or "").startswith("parameters.bot_id: integers beyond")
+    assert "send it as a string" in (error.details() or "")
+    small = struct_pb2.Struct()
+    small.update({"bot_id": 12345})
+    error = await _expect(call, stub, {"service_name": "coze", "messages": HI, "parameters": small})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.details() or "").startswith("parameters.bot_id: must be a string")
 
 
@@ -220,3 +227,32 @@ async def test_bytes_that_are_no_request_message_are_invalid_argument(
             await channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(b"\xff")
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (raised.value.details() or "").startswith("request: the bytes are not a valid request message")
+
+
+@pytest.mark.parametrize("call", WORKFLOW_CALLS)
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (2**53 + 1, "parameters.order_id"),
+        (-(2**60), "parameters.order_id"),
+        ({"ids": [1, 2**63]}, "parameters.order_id.ids[1]"),
+    ],
+)
+async def test_integers_a_struct_cannot_hold_exactly_are_refused_naming_the_field(
+    stub: pb_grpc.AIPlatformServiceStub, call: Call, value: Any, field: str
+) -> None:
+    parameters = struct_pb2.Struct()
+    parameters.update({"order_id": value})
+    error = await _expect(call, stub, {"service_name": "echo_workflow", "parameters": parameters})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith(f"{field}: integers beyond ±9007199254740991")
+    assert "send it as a string" in (error.details() or "")
+    assert error_details(error)["BadRequest"].field_violations[0].field == field  # type: ignore[attr-defined]
+
+
+async def test_the_largest_exact_integer_passes_unchanged(stub: pb_grpc.AIPlatformServiceStub) -> None:
+    parameters = struct_pb2.Struct()
+    parameters.update({"order_id": 2**53 - 1, "negative": -(2**53 - 1)})
+    response = await stub.RunWorkflow(pb.RunWorkflowRequest(service_name="echo_workflow", parameters=parameters))
+    assert f'"order_id": {2**53 - 1}' in response.output
+    assert f'"negative": {-(2**53 - 1)}' in response.output

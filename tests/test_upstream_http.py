@@ -13,7 +13,7 @@ from aiohttp import web
 
 from providers.coze import CozeClients
 from providers.http import body_chunks, tracked_client_options, upstream_call
-from tests.fakes._server import http_server, misbehaving_server
+from tests.fakes._server import closed_port, http_server, misbehaving_server
 
 
 async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
@@ -50,10 +50,12 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
         await outside.aclose()
 
 
-async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_a_timeout() -> None:
+async def test_a_refused_connection_a_hang_up_and_a_silence_are_told_apart() -> None:
+    # Refused: the request never left (ConnectError, may be sent again). Hung up after the
+    # request went out: the upstream had it (RemoteProtocolError, as on httpx's own engine).
     options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout=1, read_timeout=0.2)
     cases: list[tuple[Literal["hang up", "say nothing"], type[Exception]]] = [
-        ("hang up", httpx.ConnectError),
+        ("hang up", httpx.RemoteProtocolError),
         ("say nothing", httpx.TimeoutException),
     ]
     async with httpx.AsyncClient(**options) as client:
@@ -61,6 +63,8 @@ async def test_an_upstream_that_hangs_up_is_a_connection_error_and_a_silent_one_
             async with misbehaving_server(behaviour) as port:
                 with pytest.raises(expected):
                     await client.get(f"http://127.0.0.1:{port}/")
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{closed_port()}/")
 
 
 async def test_the_coze_client_sends_directly_yet_follows_redirects_and_tracks_every_response() -> None:

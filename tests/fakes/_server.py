@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -272,6 +273,13 @@ async def misbehaving_server(behaviour: Literal["hang up", "say nothing"]) -> As
         server.close()
         await server.wait_closed()
         await asyncio.sleep(0.05)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def cut(request: web.Request) -> NoReturn:

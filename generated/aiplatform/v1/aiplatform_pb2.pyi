@@ -178,16 +178,18 @@ class RunWorkflowRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
 
 class RunWorkflowResponse(_message.Message):
-    __slots__ = ("output", "execute_id", "debug_url", "usage")
+    __slots__ = ("output", "execute_id", "debug_url", "usage", "interrupt")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXECUTE_ID_FIELD_NUMBER: _ClassVar[int]
     DEBUG_URL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     output: str
     execute_id: str
     debug_url: str
     usage: Usage
-    def __init__(self, output: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    interrupt: WorkflowInterrupt
+    def __init__(self, output: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ...) -> None: ...
 
 class StreamWorkflowRequest(_message.Message):
     __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id")
