@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, ClassVar
 
 # cozepy imports authlib.jose, which warns at every start; the gateway uses no JWT auth.
@@ -96,6 +96,7 @@ _RATE_LIMIT_CODES = frozenset({429, 4008, 4009, 4013, 4020})
 _BAD_REQUEST_CODES = frozenset({400, 4000, 4003, 4004, 4005, 4010, 4105})
 _REJECTED_CODES = frozenset({4011, 4014, 4015, 4019, 4022, 4102, 4315, 6003})
 _CONVERSATION_BUSY_CODE = 4016  # "a chat is already running in this conversation": clears when it ends
+_NOT_CANCELLABLE_CODE = 4104  # the chat to cancel has already ended
 
 
 class CozeClients:
@@ -119,8 +120,8 @@ class CozeClients:
         # Strong references to fire-and-forget calls (the event loop keeps only weak
         # ones); kept here, next to the client they use, so aclose can let them finish.
         self._background: set[asyncio.Task[None]] = set()
-        # The cancel in flight for each conversation: its next turn waits for it (4016 otherwise).
-        self._cancelling: dict[str, asyncio.Task[None]] = {}
+        # This gateway's own chat in each conversation, until Coze ended it (see open_turn).
+        self._turns: dict[str, asyncio.Event] = {}
 
     def run_in_background(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``call`` without anyone awaiting it; aclose waits for it before closing the client."""
@@ -129,28 +130,38 @@ class CozeClients:
         task.add_done_callback(self._background.discard)
         return task
 
-    def cancel_chat_in_background(self, conversation_id: str, chat_id: str) -> None:
-        """Ask Coze to stop a chat that will not complete, without delaying the caller."""
-        task = self.run_in_background(_cancel_chat(self, conversation_id, chat_id))
-        self._cancelling[conversation_id] = task
+    def open_turn(self, conversation_id: str) -> asyncio.Event:
+        """Note that this gateway runs a chat in ``conversation_id``; set the event returned once Coze ended it.
 
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._cancelling.get(conversation_id) is done:
-                del self._cancelling[conversation_id]
-
-        task.add_done_callback(forget)
-
-    async def conversation_settled(self, conversation_id: str) -> None:
-        """Wait until the gateway's own cancel of this conversation's last chat is done (bounded by its timeout).
-
-        Coze runs one chat per conversation at a time (4016 otherwise), and a chat keeps
-        running until the cancel lands: a caller that cancels a turn and asks the next one
-        at once must not meet the turn it abandoned.
+        Coze runs one chat per conversation (4016 otherwise), and a chat runs on until it
+        completes or a cancel lands. A caller that abandons a turn and asks the next one at
+        once would otherwise meet its own abandoned turn; ``wait_for_turn`` lets that next
+        turn wait for it instead.
         """
-        task = self._cancelling.get(conversation_id)
-        if task is not None:
-            # shield: a caller giving up on this turn must not cancel the cancel.
-            await asyncio.shield(task)
+        over = asyncio.Event()
+        self._turns[conversation_id] = over
+        return over
+
+    def close_turn(self, conversation_id: str, over: asyncio.Event) -> None:
+        """Coze has ended the chat ``open_turn`` returned ``over`` for."""
+        over.set()
+        if self._turns.get(conversation_id) is over:
+            del self._turns[conversation_id]
+
+    async def wait_for_turn(self, conversation_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` for this gateway's chat in the conversation to end.
+
+        Returns False when there is none, or it still runs after ``timeout``.
+        """
+        over = self._turns.get(conversation_id)
+        if over is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await over.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Let background calls finish (each is bounded by its own timeout), then close the pooled connections."""
@@ -262,21 +273,23 @@ class CozeChatService(_CozeClientUser, ChatService):
         # Coze keeps memory per user_id; a constant one would merge every caller's memory.
         user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
 
-        if request.conversation_id:
-            await clients.conversation_settled(request.conversation_id)
+        async def create_chat() -> None:
+            # cozepy's public chat.stream() would read the body itself; _create stops at the
+            # headers, after raising CozeAPIError for a JSON error answer instead of a stream.
+            await clients.coze.chat._create(
+                bot_id=bot_id,
+                user_id=user_id,
+                stream=True,
+                additional_messages=messages,
+                conversation_id=request.conversation_id or None,
+                custom_variables=custom_variables,
+                meta_data=meta_data,
+            )
+
         async with upstream_call() as call:
-            with _map_coze_errors(call), _CancelUnlessEnded(clients) as chat_state:
-                # cozepy's public chat.stream() would read the body itself; _create stops at the
-                # headers, after raising CozeAPIError for a JSON error answer instead of a stream.
-                await clients.coze.chat._create(
-                    bot_id=bot_id,
-                    user_id=user_id,
-                    stream=True,
-                    additional_messages=messages,
-                    conversation_id=request.conversation_id or None,
-                    custom_variables=custom_variables,
-                    meta_data=meta_data,
-                )
+            with _map_coze_errors(call), _CancelUnlessEnded(clients, request.conversation_id) as chat_state:
+                await _create_once_conversation_is_free(clients, request.conversation_id, create_chat)
+                chat_state.turn_opened()
                 response = _stream_response(call)
                 streamed_message_ids: set[str] = set()
                 follow_ups: list[str] = []
@@ -489,6 +502,23 @@ def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
 # --- chat cancel ------------------------------------------------------------------------------
 
 
+async def _create_once_conversation_is_free(
+    clients: CozeClients, conversation_id: str, create: Callable[[], Awaitable[None]]
+) -> None:
+    """Create the chat; if Coze answers 4016 while this gateway's own previous chat of the
+    conversation is still ending (its caller just left and its cancel is on the way), wait
+    for it (at most _CANCEL_SECONDS) and try once more. Safe to repeat: a 4016 answer means
+    Coze started nothing. A conversation busy with someone else's chat stays ABORTED."""
+    try:
+        await create()
+    except cozepy.CozeAPIError as error:
+        if _code_number(error.code) != _CONVERSATION_BUSY_CODE or not conversation_id:
+            raise
+        if not await clients.wait_for_turn(conversation_id, _CANCEL_SECONDS):
+            raise
+        await create()
+
+
 class _CancelUnlessEnded:
     """Cancels a Coze chat upstream when the call ends before Coze ended the chat, for any reason.
 
@@ -497,16 +527,23 @@ class _CancelUnlessEnded:
     keeps working on a created chat, and billing it, until it is asked to cancel it, and the
     conversation stays busy (4016) meanwhile. A chat that completed, wants tool outputs or
     failed has nothing to cancel. The cancel runs in the background, so the caller's
-    cancellation is neither delayed nor swallowed; the conversation's next turn waits for it
-    (``CozeClients.conversation_settled``).
+    cancellation is neither delayed nor swallowed; the conversation's turn stays open until
+    it lands (``CozeClients.open_turn``).
     """
 
-    __slots__ = ("_clients", "_ids", "ended")
+    __slots__ = ("_clients", "_conversation_id", "_ids", "_turn", "ended")
 
-    def __init__(self, clients: CozeClients) -> None:
+    def __init__(self, clients: CozeClients, conversation_id: str) -> None:
         self._clients = clients
+        self._conversation_id = conversation_id  # the caller's; "" for a new conversation
+        self._turn: asyncio.Event | None = None
         self._ids: tuple[str, str] | None = None  # (conversation_id, chat_id), known from chat.created
         self.ended = False
+
+    def turn_opened(self) -> None:
+        """Coze accepted the chat: it runs in the caller's conversation until it ends."""
+        if self._conversation_id:
+            self._turn = self._clients.open_turn(self._conversation_id)
 
     def started(self, conversation_id: str, chat_id: str) -> None:
         """Remember the chat's ids (from conversation.chat.created)."""
@@ -517,17 +554,20 @@ class _CancelUnlessEnded:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        turn = self._turn
         if kind is None or self._ids is None or self.ended:
+            if turn is not None:
+                self._clients.close_turn(self._conversation_id, turn)
             return
         conversation_id, chat_id = self._ids
         try:
-            self._clients.cancel_chat_in_background(conversation_id, chat_id)
+            task = self._clients.run_in_background(_cancel_chat(self._clients, conversation_id, chat_id))
         except RuntimeError:
             # No running loop (a generator finalised at interpreter exit): nothing can be sent.
             _LOGGER.warning("could not cancel Coze chat %s: no event loop is running", chat_id)
-
-
-# --- chat cancel ------------------------------------------------------------------------------
+            return
+        if turn is not None:
+            task.add_done_callback(lambda _: self._clients.close_turn(self._conversation_id, turn))
 
 
 async def _cancel_chat(clients: CozeClients, conversation_id: str, chat_id: str) -> None:
@@ -535,6 +575,12 @@ async def _cancel_chat(clients: CozeClients, conversation_id: str, chat_id: str)
     try:
         async with upstream_call(), asyncio.timeout(_CANCEL_SECONDS):
             await clients.coze.chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
+    except cozepy.CozeAPIError as error:
+        if _code_number(error.code) == _NOT_CANCELLABLE_CODE:
+            # Coze had ended the chat already (e.g. after an error event): nothing was left running.
+            _LOGGER.debug("Coze chat %s had ended before its cancel", chat_id)
+        else:
+            _LOGGER.warning("could not cancel unfinished Coze chat %s: %s", chat_id, _describe(error))
     except Exception as error:  # nobody awaits this task: the log is the only place to report it
         _LOGGER.warning("could not cancel unfinished Coze chat %s: %s", chat_id, _describe(error))
     else:
@@ -840,6 +886,13 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
     except httpx.ConnectError as error:
         raise UpstreamUnavailable(
             f"Coze is unreachable ({type(error).__name__})", provider=PROVIDER, unprocessed=True
+        ) from error
+    except httpx.DecodingError as error:
+        # A Content-Encoding the body does not match: the upstream (or a proxy) sent garbage.
+        raise UpstreamUnavailable(
+            f"Coze sent a body that does not decode ({type(error).__name__})",
+            provider=PROVIDER,
+            log_id=call.header(LOG_ID_HEADER),
         ) from error
     except httpx.TimeoutException as error:
         raise UpstreamTimeout(

@@ -64,6 +64,7 @@ from tests.fakes.coze import (
     FakeCoze,
     workflow_output,
 )
+from tests.fakes.upstreams import until
 
 LOG_ID = re.compile(r"\d{14}[0-9A-F]{20}")
 
@@ -312,12 +313,14 @@ async def test_non_stream_chat_then_retrieve_list_and_cancel(coze: AsyncCoze, fa
 
     retrieved = await coze.chat.retrieve(conversation_id=chat.conversation_id, chat_id=chat.id)
     messages = await coze.chat.messages.list(conversation_id=chat.conversation_id, chat_id=chat.id)
-    canceled = await coze.chat.cancel(conversation_id=chat.conversation_id, chat_id=chat.id)
+    # A completed chat cannot be cancelled (DOC-ERR 4104).
+    with pytest.raises(CozeAPIError) as not_cancellable:
+        await coze.chat.cancel(conversation_id=chat.conversation_id, chat_id=chat.id)
 
     assert retrieved.status == ChatStatus.COMPLETED and retrieved.bot_id == BOT_NORMAL
     assert [m.type for m in messages] == [MessageType.VERBOSE, MessageType.ANSWER]
     assert messages[1].content == DEFAULT_ANSWER
-    assert canceled.status == ChatStatus.CANCELED
+    assert not_cancellable.value.code == 4104
     assert [(r.method, r.path) for r in fake.requests] == [
         ("POST", "/v3/chat"),
         ("POST", "/v3/chat/retrieve"),
@@ -325,6 +328,32 @@ async def test_non_stream_chat_then_retrieve_list_and_cancel(coze: AsyncCoze, fa
         ("POST", "/v3/chat/cancel"),
     ]
     assert fake.requests[-1].json == {"conversation_id": chat.conversation_id, "chat_id": chat.id}
+
+
+async def test_a_chat_whose_client_left_keeps_its_conversation_busy_until_cancelled(
+    coze: AsyncCoze, fake: FakeCoze
+) -> None:
+    # Closing the connection does not stop a Coze chat: the conversation stays busy (4016).
+    conversation_id = "7400000000000000077"
+    stream = coze.chat.stream(bot_id=BOT_STALL, user_id="user-1", conversation_id=conversation_id)
+
+    async def first_event() -> object:
+        return await anext(stream)
+
+    task = asyncio.create_task(first_event())
+    await fake.wait_for_requests("/v3/chat")
+    await until(lambda: bool(fake.created_chats))
+    task.cancel()
+    await fake.wait_for_disconnect()
+    with pytest.raises(CozeAPIError) as busy:
+        await coze.chat.create(bot_id=BOT_NORMAL, user_id="user-1", conversation_id=conversation_id)
+    assert busy.value.code == 4016
+    (orphan,) = fake.created_chats
+    canceled = await coze.chat.cancel(conversation_id=conversation_id, chat_id=orphan.chat_id)
+    assert canceled.status == ChatStatus.CANCELED
+    # The cancel's answer means the chat has stopped: the conversation takes the next turn.
+    chat = await coze.chat.create(bot_id=BOT_NORMAL, user_id="user-1", conversation_id=conversation_id)
+    assert chat.conversation_id == conversation_id
 
 
 async def test_workflow_run_returns_data_debug_url_and_execute_id(coze: AsyncCoze, fake: FakeCoze) -> None:

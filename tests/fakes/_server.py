@@ -27,6 +27,7 @@ BODY: web.RequestKey[Any] = web.RequestKey("json_body")
 
 SPLIT_WRITE_PAUSE = 0.01  # long enough for the two halves to leave as separate TCP segments
 FLOOD_CHUNKS = 10_000  # deltas in a flood scenario
+BURST_PIECES = 2_000  # deltas in a burst-then-hang-up scenario (each event ~250 bytes: ~500 KB in all)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _RequestT = TypeVar("_RequestT")
@@ -70,6 +71,7 @@ class FakeUpstream(Generic[_RequestT]):
         self.keep_requests = True  # False for long runs: `requests` then stays empty
         self.flood_sent = 0  # flood deltas written so far, all streams together
         self.flood_bytes = 0  # the bytes of those deltas on the wire
+        self.hang_ups = 0  # bursts handed to the connection and followed by a hang-up
         self._credential = credential
         self._attempts: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
@@ -77,6 +79,7 @@ class FakeUpstream(Generic[_RequestT]):
         self._disconnect_seen = 0
         self._disconnect_event = asyncio.Event()
         self._request_event = asyncio.Event()
+        self._hang_up_event = asyncio.Event()
         self._stopping = False
 
     async def __aenter__(self) -> Self:
@@ -145,6 +148,17 @@ class FakeUpstream(Generic[_RequestT]):
                     return matching
                 self._request_event.clear()
                 await self._request_event.wait()
+
+    async def wait_for_hang_up(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Wait until ``count`` bursts were sent and followed by a hang-up.
+
+        Raises:
+            TimeoutError: fewer hang-ups happened in time.
+        """
+        async with asyncio.timeout(timeout):
+            while self.hang_ups < count:
+                self._hang_up_event.clear()
+                await self._hang_up_event.wait()
 
     # --- for subclasses ---
 
@@ -215,10 +229,16 @@ class FakeUpstream(Generic[_RequestT]):
 
     @contextlib.asynccontextmanager
     async def _event_stream(
-        self, request: web.Request, scenario: str, content_type: str = "text/event-stream"
+        self,
+        request: web.Request,
+        scenario: str,
+        content_type: str = "text/event-stream",
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[web.StreamResponse]:
         """Open an SSE response; record a disconnect if the client leaves before it is finished."""
-        response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": content_type, "Cache-Control": "no-cache", **(headers or {})}
+        )
         async with self._watching(request, scenario):
             await response.prepare(request)
             yield response
@@ -230,6 +250,24 @@ class FakeUpstream(Generic[_RequestT]):
         await response.write(event)
         self.flood_sent += 1
         self.flood_bytes += len(event)
+
+    async def _burst_then_hang_up(
+        self, request: web.Request, response: web.StreamResponse, events: list[bytes]
+    ) -> NoReturn:
+        """Send ``events`` at once, whether or not the client reads, then close the connection cleanly
+        without finishing the body (no terminating chunk): what a crash, a deploy or a proxy's idle-kill
+        looks like after a burst. Every byte is sent: the kernel and asyncio hold what the client has
+        not read yet, and the FIN follows the last byte."""
+        transport = request.transport
+        assert transport is not None
+        # aiohttp's writes would otherwise wait for the client to read (back-pressure).
+        transport.set_write_buffer_limits(high=1 << 30)
+        for event in events:
+            await response.write(event)
+        transport.close()
+        self.hang_ups += 1
+        self._hang_up_event.set()
+        raise ServerCut
 
     def _record_disconnect(self, request: web.Request, scenario: str) -> None:
         self.disconnects.append(self.disconnect_type(request.path, scenario, time.monotonic(), request[LOG_ID]))
@@ -313,6 +351,11 @@ def dumps(value: Any) -> str:
 def split_text(text: str, size: int) -> list[str]:
     """``text`` in pieces of ``size`` characters; joined they equal ``text``."""
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def burst_pieces() -> list[str]:
+    """The deltas of a burst scenario, in order: each names its index, and is padded to ~150 characters."""
+    return [f"<{index:05d}>" + "y" * 140 + " " for index in range(BURST_PIECES)]
 
 
 def flood_pieces() -> list[str]:

@@ -16,6 +16,7 @@ import itertools
 import json
 import secrets
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from tests.fakes._server import (
     BODY,
     LOG_ID,
     FakeUpstream,
+    burst_pieces,
     cut,
     dumps,
     flood_pieces,
@@ -63,11 +65,21 @@ BOT_RATE_LIMITED_NO_RETRY_AFTER = "bot-rate-limited-no-retry-after"  # HTTP 429,
 BOT_RATE_LIMITED_ONCE = "bot-rate-limited-once"  # 1st request: HTTP 429 {"code":4013}, Retry-After: 1; then normal
 BOT_STALL_AT_START = "bot-stall-at-start"  # chat.created and chat.in_progress, then silence before the first delta
 BOT_FLOOD = "bot-flood"  # FLOOD_CHUNKS tiny deltas (flood_pieces()) as fast as the socket takes them, then completed
+BOT_BURST_CUT = "bot-burst-cut"  # created, in_progress, BURST_PIECES deltas (burst_pieces()) at once, then a hang-up
+BOT_BURST_CUT_GZIP = "bot-burst-cut-gzip"  # as BOT_BURST_CUT, with a gzip Content-Encoding (flushed per event)
+BOT_CUT_AFTER_CREATED = "bot-cut-after-created"  # created and in_progress (Coze runs the chat), then the cut
+BOT_FAILED_DOC_SHAPE = "bot-failed-doc-shape"  # two deltas, then chat.failed as the API reference shows it: {code,msg}
 
 # --- Workflow scenarios, selected by workflow_id (any other id runs normally) ---
 WORKFLOW_NORMAL = "wf-normal"  # node messages echoing the parameters, then Done; any unlisted id does the same
 WORKFLOW_ERROR_EVENT = "wf-error-event"  # one Message, then Error (5000), end without Done
-WORKFLOW_INTERRUPT = "wf-interrupt"  # question-node Message, then Interrupt (INTERRUPT_EVENT_ID), then Done
+WORKFLOW_INTERRUPT = "wf-interrupt"  # question-node Message, then Interrupt (INTERRUPT_EVENT_ID), then Done unless
+#   FakeCoze.done_after_interrupt is False (the stream then ends right after the Interrupt, as in Coze's docs);
+#   /v1/workflow/run answers with its interrupt_data; stream_resume finishes the run
+WORKFLOW_INTERRUPT_TWICE = "wf-interrupt-twice"  # as WORKFLOW_INTERRUPT, and stream_resume interrupts again
+#   (INTERRUPT_EVENT_ID_2), in the same shape
+WORKFLOW_BURST_CUT = "wf-burst-cut"  # stream: BURST_PIECES Messages at once, then a hang-up; run: half a body, hang-up
+WORKFLOW_CUT_AT_START = "wf-cut-at-start"  # the stream's headers (the run has started), then the cut, no event
 WORKFLOW_PING = "wf-ping"  # a PING event (with an id) between the Messages
 WORKFLOW_CUT = "wf-cut"  # one Message, then the TCP connection is aborted mid chunked body
 WORKFLOW_NO_DONE = "wf-no-done"  # the Messages, then a clean end of the body without Done
@@ -99,6 +111,7 @@ TOOL_CALL_ID = "call_fake_0001"
 TOOL_CALL_NAME = "get_weather"
 TOOL_CALL_ARGUMENTS = '{"city":"北京"}'
 INTERRUPT_EVENT_ID = "7404830425073352713/2769808280134765896"
+INTERRUPT_EVENT_ID_2 = "7404830425073352713/2769808280134765999"  # WORKFLOW_INTERRUPT_TWICE's second interrupt
 INTERRUPT_TYPE = 2  # question node
 INTERRUPT_QUESTION = "请问你想查看哪个城市？"
 INTERRUPT_NODE_TITLE = "问答"
@@ -116,6 +129,9 @@ _RATE_LIMITED = (4013, "Your request rate is too high, please try again later.")
 _STREAM_FALSE_NEEDS_SAVE = (4007, "stream=false is only allowed when auto_save_history=true")
 _CONVERSATION_BUSY = (4016, "There is a chat in progress in this conversation.")
 _INVALID_CHAT = (4001, "Invalid chat")
+_NOT_CANCELLABLE = (4104, "The chat is not in progress and cannot be cancelled")
+_TERMINAL_STATUSES = ("completed", "failed", "requires_action", "canceled")
+_DOC_SHAPED_FAILURE = {"code": 701231, "msg": "error"}  # DOC-CHAT's own example data for chat.failed
 _NO_EXECUTION = (4314, "execution record not found")
 _EVENT_INTERVAL_ERROR = {"code": 5000, "msg": "event interval error"}
 _ERROR_EVENT = {"code": 5000, "msg": "internal error"}
@@ -266,6 +282,12 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         self.token = token
         self.answer = answer
         self.no_close_seconds = NO_CLOSE_SECONDS  # how long BOT_NO_CLOSE keeps the body open after done
+        # A chat whose client left keeps running, its conversation busy (4016), until it is
+        # cancelled or this many seconds pass; a cancel takes cancel_latency to answer.
+        self.orphan_seconds = 5.0
+        self.cancel_latency = 0.05
+        self.cancelled_chats: list[str] = []  # ids of the chats a cancel stopped, in order
+        self.done_after_interrupt = True  # False: an interrupted workflow stream ends right after Interrupt
         # Random start so ids differ between fakes; still 19 digits like Coze's snowflake ids.
         self._ids = itertools.count(7_400_000_000_000_000_000 + secrets.randbelow(10**16))
         self._log_ids = itertools.count(1)
@@ -278,6 +300,7 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         super().forget()
         self._chats.clear()
         self.created_chats.clear()
+        self.cancelled_chats.clear()
 
     # --- plumbing ---
 
@@ -350,11 +373,16 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             return _ok(record.chat("in_progress"))
         self._busy_conversations.add(conversation_id)
         try:
-            async with self._event_stream(request, bot_id) as response:
+            headers = {"Content-Encoding": "gzip"} if bot_id == BOT_BURST_CUT_GZIP else None
+            async with self._event_stream(request, bot_id, headers=headers) as response:
                 await self._write_chat(request, response, record)
             return response
         finally:
-            self._busy_conversations.discard(conversation_id)
+            if record.status in _TERMINAL_STATUSES:
+                self._busy_conversations.discard(conversation_id)
+            else:
+                # The client left (or the connection broke): Coze keeps running the chat.
+                asyncio.get_running_loop().call_later(self.orphan_seconds, self._end_chat, record, "completed")
 
     def _chat_scenario_error(self, bot_id: str) -> web.Response | None:
         if bot_id == BOT_MISSING:
@@ -373,6 +401,8 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
 
     async def _write_chat(self, request: web.Request, response: web.StreamResponse, record: _ChatRecord) -> None:
         scenario = record.bot_id
+        if scenario in (BOT_BURST_CUT, BOT_BURST_CUT_GZIP):
+            await self._write_burst(request, response, record)
         await response.write(_chat_event("conversation.chat.created", record.chat("created")))
         await response.write(_chat_event("conversation.chat.in_progress", record.chat("in_progress")))
         if scenario == BOT_REQUIRES_ACTION:
@@ -395,6 +425,8 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         if scenario == BOT_FLOOD:
             await self._write_flood(response, record)
             return
+        if scenario == BOT_CUT_AFTER_CREATED:
+            cut(request)
 
         pieces = [] if scenario == BOT_COMPLETED_ONLY else split_answer(record.answer)
         for index, piece in enumerate(pieces[:2]):
@@ -407,6 +439,11 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             record.status = "failed"
             failed = record.chat("failed", failed_at=int(time.time()), last_error=_EVENT_INTERVAL_ERROR)
             await response.write(_chat_event("conversation.chat.failed", failed))
+            await response.write(_chat_event("done", "[DONE]"))
+            return
+        if scenario == BOT_FAILED_DOC_SHAPE:
+            record.status = "failed"
+            await response.write(_chat_event("conversation.chat.failed", _DOC_SHAPED_FAILURE))
             await response.write(_chat_event("done", "[DONE]"))
             return
         if scenario == BOT_CUT:
@@ -440,6 +477,12 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         if scenario == BOT_NO_CLOSE:
             await asyncio.sleep(self.no_close_seconds)
 
+    def _end_chat(self, record: _ChatRecord, status: str) -> None:
+        """A chat that still ran ends (it completes on its own, or a cancel landed); its conversation is free."""
+        if record.status not in _TERMINAL_STATUSES:
+            record.status = status
+            self._busy_conversations.discard(record.conversation_id)
+
     async def _write_flood(self, response: web.StreamResponse, record: _ChatRecord) -> None:
         for piece in flood_pieces():
             delta = record.message(record.answer_message_id, "answer", piece)
@@ -447,6 +490,21 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         record.status = "completed"
         await response.write(_chat_event("conversation.chat.completed", record.chat("completed")))
         await response.write(_chat_event("done", "[DONE]"))
+
+    async def _write_burst(self, request: web.Request, response: web.StreamResponse, record: _ChatRecord) -> None:
+        events = [
+            _chat_event("conversation.chat.created", record.chat("created")),
+            _chat_event("conversation.chat.in_progress", record.chat("in_progress")),
+            *(
+                _chat_event("conversation.message.delta", record.message(record.answer_message_id, "answer", piece))
+                for piece in burst_pieces()
+            ),
+        ]
+        if record.bot_id == BOT_BURST_CUT_GZIP:
+            # One gzip stream, flushed after each event so each can be decoded as it arrives.
+            compressor = zlib.compressobj(wbits=31)
+            events = [compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH) for event in events]
+        await self._burst_then_hang_up(request, response, events)
 
     async def _write_delta(self, response: web.StreamResponse, record: _ChatRecord, piece: str, *, slow: bool) -> None:
         if slow and record.bot_id == BOT_SLOW:
@@ -484,7 +542,12 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         record = self._known_chat(request)
         if record is None:
             return _error(_INVALID_CHAT)
-        record.status = "canceled"
+        if record.status in _TERMINAL_STATUSES:
+            return _error(_NOT_CANCELLABLE)
+        # The answer is the chat as cancelled: it has stopped, and its conversation is free.
+        await asyncio.sleep(self.cancel_latency)
+        self._end_chat(record, "canceled")
+        self.cancelled_chats.append(record.chat_id)
         return _ok(record.chat("canceled"))
 
     # --- workflows ---
@@ -493,20 +556,32 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         body = request[BODY]
         if not isinstance(body, dict) or not isinstance(body.get("workflow_id"), str):
             return _error(_BAD_REQUEST)
-        if body["workflow_id"] == WORKFLOW_MISSING:
+        workflow_id: str = body["workflow_id"]
+        if workflow_id == WORKFLOW_MISSING:
             return _error(_NOT_FOUND)
         execute_id = self._new_id()
         # `debug_url` must be present: cozepy picks the workflow-result shape by that key (spec §3.1).
-        return _json(
-            {
-                "code": 0,
-                "msg": "",
-                "data": workflow_output(body.get("parameters")),
-                "debug_url": _debug_url(execute_id, body["workflow_id"]),
-                "execute_id": execute_id,
-                "usage": workflow_usage(),
-            }
-        )
+        result: dict[str, Any] = {
+            "code": 0,
+            "msg": "",
+            "data": workflow_output(body.get("parameters")),
+            "debug_url": _debug_url(execute_id, workflow_id),
+            "execute_id": execute_id,
+            "usage": workflow_usage(),
+        }
+        if workflow_id in (WORKFLOW_INTERRUPT, WORKFLOW_INTERRUPT_TWICE):
+            # A run that stopped at a question node: no output, the interrupt to resume (DOC-WF).
+            result["data"] = ""
+            result["interrupt_data"] = _interrupt_data(INTERRUPT_EVENT_ID)
+        if workflow_id == WORKFLOW_BURST_CUT:
+            raw = dumps(result).encode()
+            response = web.StreamResponse(headers={"Content-Type": _JSON_CONTENT_TYPE})
+            response.content_length = len(raw)
+            async with self._watching(request, workflow_id):
+                await response.prepare(request)
+                await self._burst_then_hang_up(request, response, [raw[: len(raw) // 2]])
+            return response
+        return _json(result)
 
     async def _workflow_stream_run(self, request: web.Request) -> web.StreamResponse:
         body = request[BODY]
@@ -523,9 +598,17 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             _node_message("Message", "处理完成。", seq=1, finished=True),
             _node_message("End", workflow_output(parameters), seq=0, finished=True, usage=workflow_usage()),
         ]
-        if workflow_id == WORKFLOW_INTERRUPT:
+        if workflow_id in (WORKFLOW_INTERRUPT, WORKFLOW_INTERRUPT_TWICE):
             messages = [_node_message(INTERRUPT_NODE_TITLE, INTERRUPT_QUESTION, seq=0, finished=True)]
         async with self._event_stream(request, workflow_id) as response:
+            if workflow_id == WORKFLOW_CUT_AT_START:
+                cut(request)
+            if workflow_id == WORKFLOW_BURST_CUT:
+                events = [
+                    _workflow_event(index, "Message", _node_message("Message", piece, seq=index, finished=False))
+                    for index, piece in enumerate(burst_pieces())
+                ]
+                await self._burst_then_hang_up(request, response, events)
             await self._write_workflow(request, response, workflow_id, messages)
         return response
 
@@ -540,14 +623,19 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         workflow_id: str = body["workflow_id"]
         if workflow_id == WORKFLOW_MISSING:
             return _error(_NOT_FOUND)
-        if body.get("event_id") != INTERRUPT_EVENT_ID:
+        if body.get("event_id") not in (INTERRUPT_EVENT_ID, INTERRUPT_EVENT_ID_2):
             return _error(_NO_EXECUTION)
         content = dumps({"output": f"{body['resume_data']}：晴，25°C"})
         messages = [_node_message("End", content, seq=0, finished=True, usage=workflow_usage())]
+        # WORKFLOW_INTERRUPT's resumed run finishes; WORKFLOW_INTERRUPT_TWICE's asks once more (its first
+        # resume), and every other scenario applies as in stream_run.
+        scenario = workflow_id
+        if workflow_id == WORKFLOW_INTERRUPT or body.get("event_id") == INTERRUPT_EVENT_ID_2:
+            scenario = WORKFLOW_NORMAL
+        if scenario == WORKFLOW_INTERRUPT_TWICE:
+            messages = [_node_message(INTERRUPT_NODE_TITLE, INTERRUPT_QUESTION, seq=0, finished=True)]
         async with self._event_stream(request, workflow_id) as response:
-            # The resumed run has no second interrupt; every other scenario applies as in stream_run.
-            scenario = WORKFLOW_NORMAL if workflow_id == WORKFLOW_INTERRUPT else workflow_id
-            await self._write_workflow(request, response, scenario, messages)
+            await self._write_workflow(request, response, scenario, messages, interrupt_event_id=INTERRUPT_EVENT_ID_2)
         return response
 
     async def _write_workflow(
@@ -556,6 +644,8 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         response: web.StreamResponse,
         scenario: str,
         messages: list[dict[str, Any]],
+        *,
+        interrupt_event_id: str = INTERRUPT_EVENT_ID,
     ) -> None:
         event_ids = itertools.count()
         await response.write(_workflow_event(next(event_ids), "Message", messages[0]))
@@ -572,12 +662,12 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
             await response.write(_workflow_event(next(event_ids), "PING", {}))
         for message in messages[1:]:
             await response.write(_workflow_event(next(event_ids), "Message", message))
-        if scenario == WORKFLOW_INTERRUPT:
-            interrupt = {
-                "interrupt_data": {"data": INTERRUPT_QUESTION, "event_id": INTERRUPT_EVENT_ID, "type": INTERRUPT_TYPE},
-                "node_title": INTERRUPT_NODE_TITLE,
-            }
+        if scenario in (WORKFLOW_INTERRUPT, WORKFLOW_INTERRUPT_TWICE):
+            interrupt = {"interrupt_data": _interrupt_data(interrupt_event_id), "node_title": INTERRUPT_NODE_TITLE}
             await response.write(_workflow_event(next(event_ids), "Interrupt", interrupt))
+            if not self.done_after_interrupt:
+                # Coze's own examples end an interrupted run's stream here, without Done.
+                return
         if scenario == WORKFLOW_NO_DONE:
             return
         done = {"debug_url": _debug_url(self._new_id(), request[BODY]["workflow_id"])}
@@ -597,6 +687,10 @@ def _node_message(
     if usage is not None:
         message["usage"] = usage
     return message
+
+
+def _interrupt_data(event_id: str) -> dict[str, Any]:
+    return {"data": INTERRUPT_QUESTION, "event_id": event_id, "type": INTERRUPT_TYPE}
 
 
 def _tool_call() -> dict[str, Any]:

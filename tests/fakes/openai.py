@@ -23,6 +23,7 @@ from tests.fakes._server import (
     BODY,
     LOG_ID,
     FakeUpstream,
+    burst_pieces,
     cut,
     dumps,
     flood_pieces,
@@ -55,6 +56,10 @@ MODEL_RATE_LIMITED_ONCE = "fake-error-429-once"  # 1st request: HTTP 429, retry-
 MODEL_STALL_AT_START = "fake-stall-at-start"  # the role chunk, then silence before any content (non-stream: silence)
 MODEL_UNKNOWN_EVENTS = "fake-unknown-events"  # the normal stream, after a comment, an `event: ping`, a foreign chunk
 MODEL_FLOOD = "fake-flood"  # FLOOD_CHUNKS tiny deltas (flood_pieces()) as fast as the socket takes them, then stop
+MODEL_BURST_CUT = "fake-burst-cut"  # stream: BURST_PIECES deltas (burst_pieces()) at once, then a hang-up;
+#   non-stream: half the body, then a hang-up
+MODEL_CUT_AT_START = "fake-cut-at-start"  # the role chunk (generation has begun), then the cut, no content
+#   (non-stream: the headers, then the cut)
 
 # --- Deterministic values tests can assert on ---
 DEFAULT_API_KEY = "sk-fake-test-key-0123456789"
@@ -251,6 +256,10 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         if model == MODEL_STALL_AT_START:
             await stall()
+        if model == MODEL_CUT_AT_START:
+            cut(request)
+        if model == MODEL_BURST_CUT:
+            await self._burst_then_hang_up(request, response, [chunk({"content": piece}) for piece in burst_pieces()])
         if model == MODEL_FLOOD:
             for piece in flood_pieces():
                 await self._write_flood_delta(response, chunk({"content": piece}))
@@ -329,6 +338,18 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
             ],
             "usage": usage(),
         }
+        if model == MODEL_CUT_AT_START:
+            # The headers (the model is generating), then the connection goes before any body.
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(dumps(completion))
+            await response.prepare(request)
+            cut(request)
+        if model == MODEL_BURST_CUT:
+            raw = dumps(completion).encode()
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(raw)
+            await response.prepare(request)
+            await self._burst_then_hang_up(request, response, [raw[: len(raw) // 2]])
         if model == MODEL_CUT:
             # Headers and half the body, then the connection goes.
             raw = dumps(completion).encode()

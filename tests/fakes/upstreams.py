@@ -20,7 +20,7 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from providers.base import ChatService
+from providers.base import AIService, ChatService
 from providers.coze import CozeChatService, CozeClients
 from providers.guard import CallPolicy
 from providers.openai import OpenAIChatService
@@ -51,6 +51,8 @@ class Fault(enum.StrEnum):
     SLOW = "slow"  # one delta every `slow_interval` seconds
     UNKNOWN_EVENTS = "unknown-events"  # the answer, with events of kinds the gateway does not know
     FLOOD = "flood"  # FLOOD_CHUNKS tiny deltas as fast as the socket allows
+    BURST_CUT = "burst-cut"  # BURST_PIECES deltas sent at once, then a hang-up (a whole answer: half, then a hang-up)
+    CUT_AT_START = "cut-at-start"  # the upstream started (Coze created the chat), then the cut, before any text
 
 
 _IDS: dict[str, dict[Fault, str]] = {
@@ -68,6 +70,8 @@ _IDS: dict[str, dict[Fault, str]] = {
         Fault.SLOW: coze.BOT_SLOW,
         Fault.UNKNOWN_EVENTS: coze.BOT_VERBOSE_AND_UNKNOWN,
         Fault.FLOOD: coze.BOT_FLOOD,
+        Fault.BURST_CUT: coze.BOT_BURST_CUT,
+        Fault.CUT_AT_START: coze.BOT_CUT_AFTER_CREATED,
     },
     "openai": {
         Fault.NORMAL: openai.MODEL_NORMAL,
@@ -83,6 +87,8 @@ _IDS: dict[str, dict[Fault, str]] = {
         Fault.SLOW: openai.MODEL_SLOW,
         Fault.UNKNOWN_EVENTS: openai.MODEL_UNKNOWN_EVENTS,
         Fault.FLOOD: openai.MODEL_FLOOD,
+        Fault.BURST_CUT: openai.MODEL_BURST_CUT,
+        Fault.CUT_AT_START: openai.MODEL_CUT_AT_START,
     },
 }
 
@@ -180,7 +186,7 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serving(*services: tuple[ChatService, CallPolicy]) -> AsyncIterator[Gateway]:
+async def serving(*services: tuple[AIService, CallPolicy]) -> AsyncIterator[Gateway]:
     """A real gateway on 127.0.0.1 serving ``services``, each under its CallPolicy, and a channel to it."""
     registry = ServiceRegistry()
     for service, policy in services:
