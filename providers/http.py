@@ -90,19 +90,26 @@ READ_CHUNK_BYTES = 16 * 1024
 _read_buffered: Callable[[aiohttp.StreamReader, int], bytes] = aiohttp.StreamReader._read_nowait
 
 
-async def received_chunks(reader: aiohttp.StreamReader, size: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
+async def received_chunks(
+    reader: aiohttp.StreamReader,
+    size: int = READ_CHUNK_BYTES,
+    errors: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> AsyncIterator[bytes]:
     """Every byte of an aiohttp body, at most ``size`` at a time; a connection error comes after the last byte.
 
     httpx's own engine behaves this way (every received byte, then ``RemoteProtocolError``);
-    aiohttp's ``iter_chunked`` raises the error before the bytes it buffered.
+    aiohttp's ``iter_chunked`` raises the error before the bytes it buffered. ``errors`` wraps
+    the reading (e.g. to map aiohttp's exceptions to httpx's), here so that no generator layer
+    is added per piece.
     """
-    try:
-        async for chunk in reader.iter_chunked(size):
-            yield chunk
-    except Exception:
-        while reader._buffer:  # private, as _read_buffered above
-            yield _read_buffered(reader, size)
-        raise
+    with errors():
+        try:
+            async for chunk in reader.iter_chunked(size):
+                yield chunk
+        except Exception:
+            while reader._buffer:  # private, as _read_buffered above
+                yield _read_buffered(reader, size)
+            raise
 
 
 def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -129,15 +136,12 @@ class _ReceivedBytesStream(AiohttpResponseStream):
         super().__init__(aiohttp_response)
         self._response = aiohttp_response
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.raw_chunks():
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.raw_chunks()
 
-    async def raw_chunks(self) -> AsyncIterator[bytes]:
+    def raw_chunks(self) -> AsyncIterator[bytes]:
         """The body as received (still encoded), with aiohttp's errors mapped to httpx's."""
-        with map_aiohttp_exceptions():
-            async for chunk in received_chunks(self._response.content, self.CHUNK_SIZE):
-                yield chunk
+        return received_chunks(self._response.content, self.CHUNK_SIZE, map_aiohttp_exceptions)
 
 
 class _Transport(AiohttpTransport):

@@ -9,9 +9,9 @@ with the event loop busy: that is when the gateway still holds unread bytes as t
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,12 +23,12 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.coze import CozeChatService, CozeClients, CozeWorkflowService
 from providers.guard import CallPolicy
-from server.app import start_server
-from tests.conftest import error_details, make_settings
+from tests.conftest import error_details
 from tests.fakes import coze as fake
 from tests.fakes._server import burst_pieces, http_server
 from tests.fakes.coze import FakeCoze
-from tests.fakes.upstreams import PROVIDERS, Fault, answer, collect, open_upstream, serving, until
+from tests.fakes.upstreams import PROVIDERS, Fault, answer, collect, open_upstream, serving
+from tests.gateway_process import gateway_env, running_gateway
 
 BURST = burst_pieces()
 RETRIES = CallPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
@@ -330,35 +330,35 @@ async def test_a_chat_failed_event_in_the_documented_code_msg_shape_keeps_its_co
 # --- overload default -------------------------------------------------------------------------
 
 
-async def test_a_default_gateway_holds_1024_streams_to_one_service_and_logs_its_first_refusal(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    server = await start_server(make_settings(None))
+async def test_a_default_gateway_holds_1024_streams_to_one_service_and_logs_its_first_refusal(tmp_path: Path) -> None:
+    # The gateway as a user starts it (`python -m server`, every setting at its default), in its own process.
     parameters = struct_pb2.Struct()
-    parameters.update({"delay_ms": 60_000})
-    request = pb.StreamChatRequest(service_name="echo", messages=HI, parameters=parameters)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    parameters.update({"delay_ms": 500})
+    words = " ".join(["word"] * 40)  # 20 s per stream: all of them stay open through the test
+    request = pb.StreamChatRequest(
+        service_name="echo", messages=[pb.ChatMessage(role="user", content=words)], parameters=parameters
+    )
+    async with running_gateway(gateway_env(), tmp_path) as gateway:
+        async with grpc.aio.insecure_channel(gateway.target) as channel:
             stub = pb_grpc.AIPlatformServiceStub(channel)
             calls = [stub.StreamChat(request) for _ in range(1024)]
-            guard = server.registry.guard(server.registry.chat_service("echo"))
             try:
-                await until(lambda: guard.running == 1024, within=30.0)
-            except TimeoutError:
-                states = [call.done() for call in calls]
-                codes = [(await call.code(), await call.details()) for call in calls if call.done()]
-                raise AssertionError(f"{guard.running} running, {sum(states)} done: {codes[:5]}") from None
-            with caplog.at_level(logging.WARNING, logger="providers.guard"):
+                # A first word on every stream: each one was admitted and is running.
+                firsts = await asyncio.gather(*(call.read() for call in calls))
+                assert all(first.delta == "word" for first in firsts)
                 for _ in range(2):
                     _, refused = await collect(stub.StreamChat(request))
                     assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            for call in calls:
-                call.cancel()
-            await until(lambda: guard.running == 0, within=30.0)
-    finally:
-        await server.stop(0)
-    refusals = [record for record in caplog.records if record.name == "providers.guard"]
-    assert len(refusals) == 1 and "'echo'" in refusals[0].getMessage()
+                    assert "limit of 1024 concurrent calls" in (refused.details() or "")
+            finally:
+                for call in calls:
+                    call.cancel()
+        gateway.process.terminate()
+        assert gateway.process.stdout is not None
+        log = (await asyncio.wait_for(gateway.process.stdout.read(), 30)).decode()
+    warnings = [line for line in log.splitlines() if "reached its limit" in line]
+    assert len(warnings) == 1, log[-2000:]
+    assert "WARNING" in warnings[0] and "'echo'" in warnings[0] and "1024" in warnings[0]
 
 
 def _coze_stream_request(bot_id: str, conversation_id: str = "") -> pb.StreamChatRequest:
