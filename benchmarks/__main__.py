@@ -291,7 +291,8 @@ def run_loads(stack: Stack, runs: list[dict[str, Any]], out: Path) -> list[dict[
     return [json.loads(line) for line in completed.stdout.decode().splitlines() if line.strip()]
 
 
-# Debian's golang-google-grpc-dev puts grpc-go (and what it imports) here, for GOPATH builds.
+# Debian's golang-google-grpc-dev and golang-google-protobuf-dev (protowire, which the swarm
+# imports directly) put grpc-go and protobuf here, for GOPATH builds.
 _DEBIAN_GOPATH = "/usr/share/gocode"
 
 
@@ -303,7 +304,7 @@ def build_go_swarm(out: Path, required: bool) -> Path | None:
     download, so it builds offline.
     """
     go = shutil.which("go")
-    problem = "no `go` on PATH (apt-get install golang-go golang-google-grpc-dev)"
+    problem = "no `go` on PATH (apt-get install golang-go golang-google-grpc-dev golang-google-protobuf-dev)"
     if go is not None:
         binary = out / "swarm"
         environment = {

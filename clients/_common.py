@@ -36,8 +36,9 @@ _WorkflowRequestT = TypeVar("_WorkflowRequestT", pb.RunWorkflowRequest, pb.Strea
 #: A message of a server stream whose text the clients join (see ``chunk_text``).
 StreamedT = TypeVar("StreamedT", pb.StreamChatResponse, pb.StreamWorkflowResponse, pb.ResumeWorkflowResponse)
 
-# Struct keeps numbers as doubles, exact only up to 2**53; larger ints (19-digit Coze ids) would change.
-_MAX_EXACT_INTEGER = 2**53
+# Struct keeps numbers as doubles: every integer up to 2**53 - 1 is exact, and past it some change
+# (2**53 + 1 arrives as 2**53; 19-digit Coze ids lose digits). The gateway refuses the same range.
+_MAX_EXACT_INTEGER = 2**53 - 1
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 

@@ -505,10 +505,13 @@ def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
 async def _create_once_conversation_is_free(
     clients: CozeClients, conversation_id: str, create: Callable[[], Awaitable[None]]
 ) -> None:
-    """Create the chat; if Coze answers 4016 while this gateway's own previous chat of the
-    conversation is still ending (its caller just left and its cancel is on the way), wait
-    for it (at most _CANCEL_SECONDS) and try once more. Safe to repeat: a 4016 answer means
-    Coze started nothing. A conversation busy with someone else's chat stays ABORTED."""
+    """Create the chat, waiting once for this gateway's own previous turn of the conversation.
+
+    Coze answers 4016 while the conversation's previous chat runs. When that chat is this
+    gateway's own and is ending (its caller just left, its cancel is on the way), the new turn
+    waits for it (at most _CANCEL_SECONDS) and is sent once more: safe, since a 4016 answer
+    means Coze started nothing. Otherwise the 4016 stands (ABORTED for the caller).
+    """
     try:
         await create()
     except cozepy.CozeAPIError as error:

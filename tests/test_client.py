@@ -543,9 +543,11 @@ def test_malformed_messages_are_refused_before_any_call(messages: Any, error_typ
         client.chat("echo", messages)
 
 
-def test_integers_a_struct_cannot_hold_exactly_are_refused() -> None:
+@pytest.mark.parametrize("number", [7379462189365198898, 2**53, -(2**53)])
+def test_integers_a_struct_cannot_hold_exactly_are_refused(number: int) -> None:
+    # The range the gateway refuses too: past 2**53 - 1 a double no longer tells integers apart.
     with AIPlatformClient("127.0.0.1:1") as client, pytest.raises(ValueError, match=r"parameters\.ids\[0\]"):
-        client.workflow("coze_workflow", {"ids": [7379462189365198898]})
+        client.workflow("coze_workflow", {"ids": [number]})
 
 
 # --- the default service config ---------------------------------------------------------------
