@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from providers.errors import InvalidRequest
+from providers.errors import InvalidRequest, input_name
 
 # --- what callers send -------------------------------------------------------------------------
 
@@ -201,6 +201,10 @@ class AIService(ABC):
         """Why the service cannot serve calls now; empty when it can."""
         return ""
 
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials the service holds (tokens, keys): scrubbed from every status and log line."""
+        return ()
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most services own nothing
         """Release what the service owns (HTTP clients); called once at shutdown."""
 
@@ -278,7 +282,7 @@ def reject_unknown_parameters(parameters: Mapping[str, Any], allowed: frozenset[
     for key in parameters:
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
-            raise InvalidRequest(f"parameters.{key}", f"unknown parameter (this service takes: {known})")
+            raise InvalidRequest(f"parameters.{input_name(key)}", f"unknown parameter (this service takes: {known})")
 
 
 def string_parameter(parameters: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -316,7 +320,9 @@ def string_map_parameter(parameters: Mapping[str, Any], key: str) -> dict[str, s
         raise InvalidRequest(f"parameters.{key}", f"must be an object of strings, got {json_type_name(value)}")
     for item_key, item in value.items():
         if not isinstance(item, str):
-            raise InvalidRequest(f"parameters.{key}.{item_key}", f"must be a string, got {json_type_name(item)}")
+            raise InvalidRequest(
+                f"parameters.{key}.{input_name(item_key)}", f"must be a string, got {json_type_name(item)}"
+            )
     return dict(value)
 
 

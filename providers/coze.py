@@ -59,12 +59,23 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    quote_input,
 )
 from providers.http import UpstreamCall, body_chunks, tracked_client_options, upstream_call
 from providers.sse import ServerSentEvent, iter_sse
 
 warnings.filterwarnings("ignore", message=r"authlib\.jose module is deprecated")
 import cozepy  # noqa: E402
+
+# cozepy prints through a handler of its own, its WARNINGs quote whatever Coze answered,
+# unbounded and unscrubbed (a proxy echoing the token, a 1 MB error page), and at DEBUG it
+# logs every event line (message contents). The gateway logs each such failure itself,
+# scrubbed and bounded (server/errors.py), so cozepy's records go through the application's
+# handlers, and only from ERROR up.
+_COZEPY_LOGGER = logging.getLogger("cozepy")
+_COZEPY_LOGGER.handlers.clear()
+_COZEPY_LOGGER.propagate = True
+_COZEPY_LOGGER.setLevel(logging.ERROR)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -217,6 +228,9 @@ class _CozeClientUser:
 
     def not_ready_reason(self) -> str:
         return "" if self._clients else self._missing_key_reason
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._clients.token,) if self._clients else ()
 
     async def aclose(self) -> None:
         # Both services may share one CozeClients; closing an httpx client twice is harmless.
@@ -610,7 +624,7 @@ def _coze_messages(messages: tuple[Message, ...]) -> list[cozepy.Message]:
         else:
             raise InvalidRequest(
                 f"messages[{index}].role",
-                f"Coze does not take role {message.role!r} (only 'user' and 'assistant'; "
+                f"Coze does not take role {quote_input(message.role)} (only 'user' and 'assistant'; "
                 "put instructions in the bot's persona)",
             )
     if messages[-1].role != "user":

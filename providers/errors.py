@@ -31,6 +31,22 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How much of a caller's value a message quotes: enough to recognise it, never enough to
+#: make a multi-megabyte status message, log line or metadata header out of it.
+QUOTE_LIMIT = 64
+
+
+def quote_input(value: str) -> str:
+    """A caller's value as an error message quotes it: repr'd, at most QUOTE_LIMIT characters of it."""
+    if len(value) <= QUOTE_LIMIT:
+        return repr(value)
+    return f"{value[:QUOTE_LIMIT]!r}… ({len(value)} characters)"
+
+
+def input_name(value: str) -> str:
+    """A caller's key as a field path names it (``parameters.<key>``): at most QUOTE_LIMIT characters."""
+    return value if len(value) <= QUOTE_LIMIT else f"{value[:QUOTE_LIMIT]}…[{len(value)} characters]"
+
 
 class GatewayError(Exception):
     """Base class of every failure the gateway reports to a caller on purpose."""

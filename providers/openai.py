@@ -136,6 +136,9 @@ class OpenAIChatService(ChatService):
     def not_ready_reason(self) -> str:
         return "" if self._api_key else self._missing_key_reason
 
+    def secrets(self) -> tuple[str, ...]:
+        return (self._api_key,) if self._api_key else ()
+
     async def aclose(self) -> None:
         """Close the pooled connections."""
         if self._session is not None:

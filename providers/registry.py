@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from providers.base import AIService, ChatService, WorkflowService
-from providers.errors import InvalidRequest, ServiceNotFound, ServiceNotReady
+from providers.errors import InvalidRequest, ServiceNotFound, ServiceNotReady, quote_input
 from providers.guard import CallGuard, CallPolicy
 
 _ServiceT = TypeVar("_ServiceT", bound=AIService)
@@ -54,6 +54,10 @@ class ServiceRegistry:
             raise _wrong_type(service)
         return _ready(service)
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential the services hold, for ``server/errors.py`` to scrub from what callers and logs see."""
+        return tuple({secret for service in self._services.values() for secret in service.secrets() if secret})
+
     async def aclose(self) -> None:
         """Close every service (their HTTP clients); called once at shutdown."""
         for service in self._services.values():
@@ -65,7 +69,7 @@ class ServiceRegistry:
         service = self._services.get(name)
         if service is None:
             known = ", ".join(sorted(self._services)) or "none"
-            raise ServiceNotFound(f"service_name: no service named {name!r} (configured: {known})")
+            raise ServiceNotFound(f"service_name: no service named {quote_input(name)} (configured: {known})")
         return service
 
 

@@ -33,12 +33,7 @@ def main() -> None:
 def configure_logging(level: int) -> None:
     """One log format for the gateway and its libraries; no message contents ever."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # cozepy prints through a handler of its own, and at DEBUG it logs every event
-    # line (message contents); send it through ours and never below WARNING.
-    cozepy_logger = logging.getLogger("cozepy")
-    cozepy_logger.handlers.clear()
-    cozepy_logger.propagate = True
-    cozepy_logger.setLevel(max(level, logging.WARNING))
+    # cozepy's logger is kept to ERRORs through these handlers by providers/coze.py, which uses it.
     # httpx logs every upstream request (with its URL) at INFO: per-call noise, kept for DEBUG.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 

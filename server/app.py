@@ -16,6 +16,7 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.registry import ServiceRegistry
 from server.convert import RequestLimits
+from server.errors import Scrubber
 from server.interceptors import ErrorStatusInterceptor
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
@@ -70,7 +71,9 @@ async def start_server(
         ("grpc.max_connection_age_ms", int(gateway.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", int((gateway.total_timeout_seconds + 30) * 1000)),
     ]
-    server = grpc.aio.server(interceptors=[ErrorStatusInterceptor()], options=options)
+    # Every credential the services hold is scrubbed from what callers and the log are told.
+    interceptors = [ErrorStatusInterceptor(Scrubber(registry.secrets()))]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     limits = RequestLimits(
         max_messages=gateway.max_messages,
         max_message_bytes=gateway.max_message_bytes,

@@ -29,7 +29,7 @@ from providers.base import (
     WorkflowResult,
     WorkflowResume,
 )
-from providers.errors import InvalidRequest
+from providers.errors import InvalidRequest, input_name, quote_input
 
 _ROLES = frozenset({"user", "assistant", "system"})
 # The largest integer a double (a Struct number) holds exactly, with every integer below it.
@@ -61,7 +61,8 @@ def chat_input(request: pb.ChatRequest | pb.StreamChatRequest, limits: RequestLi
     for index, message in enumerate(request.messages):
         if message.role not in _ROLES:
             raise InvalidRequest(
-                f"messages[{index}].role", f"must be 'user', 'assistant' or 'system' (got {message.role!r})"
+                f"messages[{index}].role",
+                f"must be 'user', 'assistant' or 'system' (got {quote_input(message.role)})",
             )
         if not message.content:
             raise InvalidRequest(f"messages[{index}].content", "must not be empty")
@@ -124,7 +125,7 @@ def struct_to_dict(struct: struct_pb2.Struct, path: str) -> dict[str, Any]:
     Struct keeps every number as a double, so 3 arrives as 3.0; upstreams expect
     the integer the caller wrote.
     """
-    return {key: _value(value, f"{path}.{key}") for key, value in struct.fields.items()}
+    return {key: _value(value, f"{path}.{input_name(key)}") for key, value in struct.fields.items()}
 
 
 def _value(value: struct_pb2.Value, path: str) -> Any:

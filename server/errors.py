@@ -6,12 +6,18 @@ the upstream said when to retry, and a ``BadRequest`` for invalid input. Any
 other exception is a bug: the caller gets INTERNAL with a generic message and an
 error id, and the traceback goes to the log (grpc.aio would otherwise send the
 exception's own text, secrets included, to the caller).
+
+Whatever an upstream said (its error text, codes, log ids) reaches the caller and the log
+only through ``Scrubber``: every credential the gateway holds is taken out, and the text is
+cut to a bounded length, for every provider alike.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +47,40 @@ _LOGGER = logging.getLogger(__name__)
 
 #: ``ErrorInfo.domain`` of every error the gateway reports.
 ERROR_DOMAIN = "aiplatform.v1"
+
+#: The longest status message a caller gets (and the gateway logs), whatever an upstream said:
+#: far under grpc's 8 KB metadata limit, and room enough for a useful upstream message.
+MAX_MESSAGE_CHARS = 1000
+# A log line quotes a status message shorter still: one failure, one short line.
+_LOGGED_MESSAGE_CHARS = 400
+# What a cut message keeps of its end: UpstreamError puts the upstream's facts there.
+_KEPT_TAIL_CHARS = 160
+#: The longest ErrorInfo metadata value (an upstream code or log id).
+MAX_METADATA_CHARS = 128
+# An upstream or proxy that echoes the request's Authorization header: whatever credential it is.
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+
+
+class Scrubber:
+    """Takes the gateway's credentials out of text bound for a caller or a log, and bounds its length."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is replaced whole.
+        self._secrets = tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
+
+    def __call__(self, text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        text = _BEARER.sub(r"\1 [redacted]", text)
+        if len(text) > limit:
+            # Cut from the middle, after the secrets are out (no half secret survives the cut): the
+            # head says what failed, the tail carries the upstream facts (provider, code, logid).
+            tail = min(_KEPT_TAIL_CHARS, limit // 4)
+            marker = f" …[{len(text) - limit} characters cut]… "
+            text = f"{text[: limit - tail - len(marker)]}{marker}{text[-tail:]}"
+        return text
+
 
 # A negative grpc-retry-pushback-ms tells a client's retry policy not to retry this call.
 _NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
@@ -77,8 +117,9 @@ class ErrorStatus:
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
-def status_for(error: Exception) -> ErrorStatus:
-    """The status a caller gets for ``error``."""
+def status_for(error: Exception, scrub: Scrubber | None = None) -> ErrorStatus:
+    """The status a caller gets for ``error``, its texts passed through ``scrub``."""
+    scrub = scrub or Scrubber()
     if not isinstance(error, GatewayError):
         error_id = uuid.uuid4().hex[:12]
         _LOGGER.error("unexpected error %s", error_id, exc_info=error)
@@ -91,7 +132,11 @@ def status_for(error: Exception) -> ErrorStatus:
     metadata: dict[str, str] = {}
     details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest] = []
     if isinstance(error, UpstreamError):
-        metadata = {"provider": error.provider, "upstream_code": error.upstream_code, "log_id": error.log_id}
+        metadata = {
+            "provider": error.provider,
+            "upstream_code": scrub(error.upstream_code, MAX_METADATA_CHARS),
+            "log_id": scrub(error.log_id, MAX_METADATA_CHARS),
+        }
         if error.retry_after_seconds is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
@@ -100,7 +145,9 @@ def status_for(error: Exception) -> ErrorStatus:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=scrub(error.field, MAX_METADATA_CHARS), description=scrub(error.description)
+                    )
                 ]
             )
         )
@@ -108,7 +155,7 @@ def status_for(error: Exception) -> ErrorStatus:
     # The gateway already retried what was worth retrying (providers/guard.py): tell clients'
     # retry policies not to multiply the upstream attempts (gRPC retry pushback, A6).
     pushback = _NO_RETRY if isinstance(error, UpstreamError) else ()
-    return _build(code, error.message, details, pushback)
+    return _build(code, scrub(error.message), details, pushback)
 
 
 def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
@@ -128,10 +175,13 @@ def _build(
     return ErrorStatus(code, message, tuple(converted.trailing_metadata) + extra_metadata)
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception, scrub: Scrubber | None = None
+) -> None:
     """End the call with the status for ``error`` (raises, as ``context.abort`` does)."""
-    status = status_for(error)
+    scrub = scrub or Scrubber()
+    status = status_for(error, scrub)
     # Upstream trouble is the operator's business; a caller's bad input is only worth INFO.
     level = logging.WARNING if isinstance(error, UpstreamError) else logging.INFO
-    _LOGGER.log(level, "%s failed: %s %s", method, status.code.name, status.message)
+    _LOGGER.log(level, "%s failed: %s %s", method, status.code.name, scrub(status.message, _LOGGED_MESSAGE_CHARS))
     await context.abort(status.code, status.message, status.trailing_metadata)

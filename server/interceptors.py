@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 
 from providers.errors import InvalidRequest
-from server.errors import abort_with
+from server.errors import Scrubber, abort_with
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -23,7 +23,8 @@ _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
     """Ends a call whose handler raised with the status for that exception."""
 
-    def __init__(self) -> None:
+    def __init__(self, scrub: Scrubber | None = None) -> None:
+        self._scrub = scrub or Scrubber()
         # Wrapped handlers by method: grpc hands out the same handler object for every call of
         # a method, so wrapping it once saves rebuilding closures and handlers on each call.
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
@@ -40,16 +41,16 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler)
+        wrapped = _wrap(method, handler, self._scrub)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 
-def _wrap(method: str, handler: _Handler) -> _Handler:
+def _wrap(method: str, handler: _Handler, scrub: Scrubber) -> _Handler:
     deserializer = _tolerant(handler.request_deserializer)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(method, handler.unary_unary),
+            _unary(method, handler.unary_unary, scrub),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -59,9 +60,9 @@ def _wrap(method: str, handler: _Handler) -> _Handler:
         behavior = handler.unary_stream
         return grpc.unary_stream_rpc_method_handler(
             (
-                _server_stream(method, behavior)
+                _server_stream(method, behavior, scrub)
                 if inspect.isasyncgenfunction(behavior)
-                else _unary(method, cast(Any, behavior))
+                else _unary(method, cast(Any, behavior), scrub)
             ),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
@@ -94,7 +95,9 @@ def _check_decoded(request: Any) -> None:
         raise InvalidRequest("request", f"the bytes are not a valid request message ({type(request.error).__name__})")
 
 
-def _unary(method: str, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unary(
+    method: str, behavior: Callable[[Any, Any], Awaitable[Any]], scrub: Scrubber
+) -> Callable[[Any, Any], Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_decoded(request)
@@ -102,19 +105,19 @@ def _unary(method: str, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Calla
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort_with(context, method, error)
+            await abort_with(context, method, error, scrub)
 
     return unary
 
 
 def _server_stream(
-    method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
+    method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]], scrub: Scrubber
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_decoded(request)
         except InvalidRequest as error:
-            await abort_with(context, method, error)
+            await abort_with(context, method, error, scrub)
         responses = behavior(request, context)
         try:
             async for response in responses:
@@ -122,7 +125,7 @@ def _server_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await abort_with(context, method, error)
+            await abort_with(context, method, error, scrub)
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
 

@@ -339,6 +339,9 @@ async def test_a_default_gateway_holds_1024_streams_to_one_service_and_logs_its_
         service_name="echo", messages=[pb.ChatMessage(role="user", content=words)], parameters=parameters
     )
     async with running_gateway(gateway_env(), tmp_path) as gateway:
+        assert gateway.process.stdout is not None
+        # Read the log as it is written, so a full pipe can never block the gateway.
+        log_read = asyncio.create_task(gateway.process.stdout.read())
         async with grpc.aio.insecure_channel(gateway.target) as channel:
             stub = pb_grpc.AIPlatformServiceStub(channel)
             calls = [stub.StreamChat(request) for _ in range(1024)]
@@ -354,8 +357,7 @@ async def test_a_default_gateway_holds_1024_streams_to_one_service_and_logs_its_
                 for call in calls:
                     call.cancel()
         gateway.process.terminate()
-        assert gateway.process.stdout is not None
-        log = (await asyncio.wait_for(gateway.process.stdout.read(), 30)).decode()
+        log = (await asyncio.wait_for(log_read, 30)).decode()
     warnings = [line for line in log.splitlines() if "reached its limit" in line]
     assert len(warnings) == 1, log[-2000:]
     assert "WARNING" in warnings[0] and "'echo'" in warnings[0] and "1024" in warnings[0]

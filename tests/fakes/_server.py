@@ -27,6 +27,7 @@ BODY: web.RequestKey[Any] = web.RequestKey("json_body")
 
 SPLIT_WRITE_PAUSE = 0.01  # long enough for the two halves to leave as separate TCP segments
 FLOOD_CHUNKS = 10_000  # deltas in a flood scenario
+HUGE_ERROR_CHARS = 1 << 20  # the length of a HUGE_ERROR scenario's error message
 BURST_PIECES = 2_000  # deltas in a burst-then-hang-up scenario (each event ~250 bytes: ~500 KB in all)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -311,6 +312,16 @@ async def misbehaving_server(behaviour: Literal["hang up", "say nothing"]) -> As
         server.close()
         await server.wait_closed()
         await asyncio.sleep(0.05)
+
+
+def echoed_headers(request: web.Request) -> str:
+    """An error text that quotes the request's headers, Authorization included, as a careless proxy would."""
+    return "request rejected; received headers: " + "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+
+
+def huge_error_text() -> str:
+    """A 1 MiB error message."""
+    return ("upstream stack trace line " * (HUGE_ERROR_CHARS // 26 + 1))[:HUGE_ERROR_CHARS]
 
 
 def closed_port() -> int:

@@ -29,7 +29,9 @@ from tests.fakes._server import (
     burst_pieces,
     cut,
     dumps,
+    echoed_headers,
     flood_pieces,
+    huge_error_text,
     split_text,
     stall,
     write_split_utf8,
@@ -68,6 +70,8 @@ BOT_FLOOD = "bot-flood"  # FLOOD_CHUNKS tiny deltas (flood_pieces()) as fast as 
 BOT_BURST_CUT = "bot-burst-cut"  # created, in_progress, BURST_PIECES deltas (burst_pieces()) at once, then a hang-up
 BOT_BURST_CUT_GZIP = "bot-burst-cut-gzip"  # as BOT_BURST_CUT, with a gzip Content-Encoding (flushed per event)
 BOT_CUT_AFTER_CREATED = "bot-cut-after-created"  # created and in_progress (Coze runs the chat), then the cut
+BOT_ECHO_AUTH = "bot-echo-auth"  # JSON {"code":4000} whose msg quotes every request header, Authorization too
+BOT_HUGE_ERROR = "bot-huge-error"  # JSON {"code":5000} with a 1 MiB msg
 BOT_FAILED_DOC_SHAPE = "bot-failed-doc-shape"  # two deltas, then chat.failed as the API reference shows it: {code,msg}
 
 # --- Workflow scenarios, selected by workflow_id (any other id runs normally) ---
@@ -347,7 +351,7 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         ):
             return _error(_BAD_REQUEST)
         bot_id: str = body["bot_id"]
-        if early := self._chat_scenario_error(bot_id):
+        if early := self._chat_scenario_error(bot_id, request):
             return early
         stream = body.get("stream") is True
         if not stream and body.get("auto_save_history", True) is False:
@@ -384,7 +388,11 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
                 # The client left (or the connection broke): Coze keeps running the chat.
                 asyncio.get_running_loop().call_later(self.orphan_seconds, self._end_chat, record, "completed")
 
-    def _chat_scenario_error(self, bot_id: str) -> web.Response | None:
+    def _chat_scenario_error(self, bot_id: str, request: web.Request) -> web.Response | None:
+        if bot_id == BOT_ECHO_AUTH:
+            return _error((4000, echoed_headers(request)))
+        if bot_id == BOT_HUGE_ERROR:
+            return _error((5000, huge_error_text()))
         if bot_id == BOT_MISSING:
             return _error(_NOT_FOUND)
         if bot_id == BOT_BAD_REQUEST:

@@ -26,7 +26,9 @@ from tests.fakes._server import (
     burst_pieces,
     cut,
     dumps,
+    echoed_headers,
     flood_pieces,
+    huge_error_text,
     split_text,
     stall,
     write_split_utf8,
@@ -58,6 +60,8 @@ MODEL_UNKNOWN_EVENTS = "fake-unknown-events"  # the normal stream, after a comme
 MODEL_FLOOD = "fake-flood"  # FLOOD_CHUNKS tiny deltas (flood_pieces()) as fast as the socket takes them, then stop
 MODEL_BURST_CUT = "fake-burst-cut"  # stream: BURST_PIECES deltas (burst_pieces()) at once, then a hang-up;
 #   non-stream: half the body, then a hang-up
+MODEL_ECHO_AUTH = "fake-echo-auth"  # HTTP 400 whose message quotes every request header, Authorization too
+MODEL_HUGE_ERROR = "fake-huge-error"  # HTTP 500 with a 1 MiB message
 MODEL_CUT_AT_START = "fake-cut-at-start"  # the role chunk (generation has begun), then the cut, no content
 #   (non-stream: the headers, then the cut)
 
@@ -200,7 +204,7 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error((400, {"message": "you must provide a model parameter", "type": "invalid_request_error"}))
-        if early := self._scenario_error(model):
+        if early := self._scenario_error(model, request):
             return early
         if body.get("stream") is True:
             include_usage = (body.get("stream_options") or {}).get("include_usage") is True
@@ -211,7 +215,11 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
             return await self._whole_answer(request, model)
         return web.Response(status=499)  # the client left while a write was pending; nobody reads this
 
-    def _scenario_error(self, model: str) -> web.Response | None:
+    def _scenario_error(self, model: str, request: web.Request) -> web.Response | None:
+        if model == MODEL_ECHO_AUTH:
+            return _error((400, {"message": echoed_headers(request), "type": "invalid_request_error"}))
+        if model == MODEL_HUGE_ERROR:
+            return _error((500, {"message": huge_error_text(), "type": "server_error"}))
         if model == MODEL_BAD_REQUEST:
             return _error(_BAD_REQUEST)
         if model == MODEL_MISSING:

@@ -52,6 +52,8 @@ class Fault(enum.StrEnum):
     UNKNOWN_EVENTS = "unknown-events"  # the answer, with events of kinds the gateway does not know
     FLOOD = "flood"  # FLOOD_CHUNKS tiny deltas as fast as the socket allows
     BURST_CUT = "burst-cut"  # BURST_PIECES deltas sent at once, then a hang-up (a whole answer: half, then a hang-up)
+    ECHO_AUTH = "echo-auth"  # an error answer whose text quotes the request's headers, Authorization included
+    HUGE_ERROR = "huge-error"  # an error answer with a 1 MiB message
     CUT_AT_START = "cut-at-start"  # the upstream started (Coze created the chat), then the cut, before any text
 
 
@@ -72,6 +74,8 @@ _IDS: dict[str, dict[Fault, str]] = {
         Fault.FLOOD: coze.BOT_FLOOD,
         Fault.BURST_CUT: coze.BOT_BURST_CUT,
         Fault.CUT_AT_START: coze.BOT_CUT_AFTER_CREATED,
+        Fault.ECHO_AUTH: coze.BOT_ECHO_AUTH,
+        Fault.HUGE_ERROR: coze.BOT_HUGE_ERROR,
     },
     "openai": {
         Fault.NORMAL: openai.MODEL_NORMAL,
@@ -89,6 +93,8 @@ _IDS: dict[str, dict[Fault, str]] = {
         Fault.FLOOD: openai.MODEL_FLOOD,
         Fault.BURST_CUT: openai.MODEL_BURST_CUT,
         Fault.CUT_AT_START: openai.MODEL_CUT_AT_START,
+        Fault.ECHO_AUTH: openai.MODEL_ECHO_AUTH,
+        Fault.HUGE_ERROR: openai.MODEL_HUGE_ERROR,
     },
 }
 
