@@ -8,6 +8,7 @@ place that turns each into a gRPC status. The tree::
     ├── ServiceNotFound ........... no service of that name
     ├── ServiceNotReady ........... the service lacks configuration (e.g. a token)
     ├── Overloaded ................ the service is at its concurrency limit
+    ├── ShuttingDown .............. the gateway ended the call at the end of its shutdown grace
     └── UpstreamError ............. the upstream failed; carries provider, code, log id
         ├── UpstreamAuthError ..... the upstream rejected the gateway's own credentials
         ├── UpstreamInvalidRequest  the upstream found the request invalid
@@ -86,6 +87,12 @@ class Overloaded(GatewayError):
     """The service is at its limit of concurrent calls; the call was refused at once."""
 
     reason = "OVERLOADED"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is shutting down and ended the call when its grace period ran out."""
+
+    reason = "SHUTTING_DOWN"
 
 
 class UpstreamError(GatewayError):

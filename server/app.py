@@ -23,6 +23,9 @@ from server.services import build_registry
 from server.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
+# After the gateway ended the calls left at the end of the grace, how long grpc may take to send
+# their statuses before it cancels whatever remains.
+_STATUS_SECONDS = 1.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AIPlatformService"].full_name
 
@@ -39,13 +42,28 @@ class GatewayServer:
     port: int
     health: health.aio.HealthServicer
     registry: ServiceRegistry
+    errors: ErrorStatusInterceptor
 
     async def stop(self, grace: float | None) -> None:
-        """Refuse new calls, give in-flight ones ``grace`` seconds, then cancel them and close upstreams."""
+        """Refuse new calls, give in-flight ones ``grace`` seconds, then end them and close upstreams."""
         # Health first, so load balancers stop sending before the port closes.
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        # grpc refuses new calls at once and cancels what is left when its grace ends, logging two
+        # tracebacks per call; the gateway ends its calls itself at the grace (UNAVAILABLE,
+        # SHUTTING_DOWN, one INFO line each) and gives grpc a moment more for the last statuses.
+        if grace is None:
+            await self.server.stop(None)
+        else:
+            timer = asyncio.get_running_loop().call_later(grace, self._end_calls)
+            try:
+                await self.server.stop(grace + _STATUS_SECONDS)
+            finally:
+                timer.cancel()
         await self.registry.aclose()
+
+    def _end_calls(self) -> None:
+        if ended := self.errors.end_calls():
+            _LOGGER.info("shutdown grace over: ended %d calls still in flight", ended)
 
 
 async def start_server(
@@ -72,8 +90,8 @@ async def start_server(
         ("grpc.max_connection_age_grace_ms", int((gateway.total_timeout_seconds + 30) * 1000)),
     ]
     # Every credential the services hold is scrubbed from what callers and the log are told.
-    interceptors = [ErrorStatusInterceptor(Scrubber(registry.secrets()))]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    errors = ErrorStatusInterceptor(Scrubber(registry.secrets()))
+    server = grpc.aio.server(interceptors=[errors], options=options)
     limits = RequestLimits(
         max_messages=gateway.max_messages,
         max_message_bytes=gateway.max_message_bytes,
@@ -102,7 +120,7 @@ async def start_server(
         _bound(address, port),
         ", ".join(service.name for service in registry.list()),
     )
-    return GatewayServer(server=server, port=port, health=health_servicer, registry=registry)
+    return GatewayServer(server=server, port=port, health=health_servicer, registry=registry, errors=errors)
 
 
 async def serve(settings: Settings, *, share_port: bool = False) -> None:

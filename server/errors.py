@@ -32,6 +32,7 @@ from providers.errors import (
     Overloaded,
     ServiceNotFound,
     ServiceNotReady,
+    ShuttingDown,
     UpstreamAuthError,
     UpstreamConversationBusy,
     UpstreamError,
@@ -91,6 +92,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (ServiceNotFound, grpc.StatusCode.NOT_FOUND),
     (ServiceNotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # Another replica can take the call: UNAVAILABLE is what clients retry elsewhere.
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     # The gateway's own upstream credentials are its configuration, not the caller's;
     # UNAUTHENTICATED stays reserved for the caller's own key.
     (UpstreamAuthError, grpc.StatusCode.FAILED_PRECONDITION),

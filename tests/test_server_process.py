@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.app import GC_THRESHOLDS, GatewayServer
+from tests.conftest import error_details
 from tests.gateway_process import GatewayProcess, failed_start, gateway_env, running_gateway, start_gateway
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -63,16 +64,31 @@ async def test_sigterm_lets_in_flight_streams_finish_refuses_new_calls_and_exits
     assert await asyncio.wait_for(gateway_process.process.wait(), 10) == 0
 
 
-async def test_streams_still_running_when_the_grace_period_ends_are_cut_not_finished_ok(tmp_path: Path) -> None:
+async def test_streams_still_running_when_the_grace_period_ends_are_cut_with_one_info_line_each(
+    tmp_path: Path,
+) -> None:
     started = await start_gateway(gateway_env(AIP_GRACE_SECONDS="0.3"), tmp_path)
+    assert started.process.stdout is not None
+    # Read the log as it is written, so a full pipe can never block the gateway.
+    log_read = asyncio.create_task(started.process.stdout.read())
     async with grpc.aio.insecure_channel(started.target) as channel:
-        call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(_slow_echo(words=50, delay_ms=100))
-        await call.read()
+        stub = pb_grpc.AIPlatformServiceStub(channel)
+        calls = [stub.StreamChat(_slow_echo(words=50, delay_ms=100)) for _ in range(3)]
+        for call in calls:
+            await call.read()
         started.process.send_signal(signal.SIGTERM)
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await _read_rest(call)
-        assert cut.value.code() != grpc.StatusCode.OK
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await _read_rest(call)
+            # Not OK, and retryable elsewhere: the gateway ended the call itself.
+            assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_details(cut.value)["ErrorInfo"].reason == "SHUTTING_DOWN"  # type: ignore[attr-defined]
     assert await asyncio.wait_for(started.process.wait(), 10) == 0
+    log = (await asyncio.wait_for(log_read, 10)).decode()
+    # An expected cancellation is one INFO line per call, not grpc's two tracebacks at ERROR.
+    assert "Traceback" not in log and " ERROR " not in log, log
+    ended = [line for line in log.splitlines() if "ended the call at the end of its grace period" in line]
+    assert len(ended) == 3 and all(" INFO " in line for line in ended)
 
 
 async def _read_rest(call: Any) -> list[pb.StreamChatResponse]:
