@@ -150,14 +150,8 @@ def _unary(
             try:
                 _check_decoded(request)
                 return await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                if not calls.ended_by_shutdown(task):
-                    raise
-                await abort_with(context, method, _shutting_down(), scrub)
-            except Exception as error:
-                await abort_with(context, method, error, scrub)
+            except (Exception, asyncio.CancelledError) as error:
+                await _fail(context, method, error, calls, task, scrub)
 
     return unary
 
@@ -175,19 +169,32 @@ def _server_stream(
             try:
                 async for response in responses:
                     yield response
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                if not calls.ended_by_shutdown(task):
-                    raise
-                await abort_with(context, method, _shutting_down(), scrub)
-            except Exception as error:
-                await abort_with(context, method, error, scrub)
+            except (Exception, asyncio.CancelledError) as error:
+                await _fail(context, method, error, calls, task, scrub)
             finally:
                 await responses.aclose()  # type: ignore[attr-defined]
 
     return server_stream
 
 
-def _shutting_down() -> ShuttingDown:
-    return ShuttingDown("the gateway is shutting down and ended the call at the end of its grace period; retry it")
+async def _fail(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    error: BaseException,
+    calls: _CallsInFlight,
+    task: asyncio.Task[Any] | None,
+    scrub: Scrubber,
+) -> None:
+    """End the call with the status for ``error``.
+
+    An abort already under way, or a cancellation the gateway did not cause (the caller left,
+    grpc stopped), goes on as it is.
+    """
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    if isinstance(error, asyncio.CancelledError):
+        if not calls.ended_by_shutdown(task):
+            raise error
+        error = ShuttingDown("the gateway is shutting down and ended the call at the end of its grace period; retry it")
+    assert isinstance(error, Exception)
+    await abort_with(context, method, error, scrub)
