@@ -59,6 +59,7 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    connection_failed,
     quote_input,
 )
 from providers.http import UpstreamCall, body_chunks, tracked_client_options, upstream_call
@@ -892,18 +893,8 @@ def _map_coze_errors(call: UpstreamCall) -> Iterator[None]:
             provider=PROVIDER,
             log_id=call.header(LOG_ID_HEADER),
         ) from error
-    except httpx.ConnectTimeout as error:
-        # No connection within the connect timeout: the request never left, so it may be sent again.
-        raise UpstreamTimeout(
-            f"could not connect to Coze in time ({type(error).__name__})",
-            provider=PROVIDER,
-            transient=True,
-            unprocessed=True,
-        ) from error
-    except httpx.ConnectError as error:
-        raise UpstreamUnavailable(
-            f"Coze is unreachable ({type(error).__name__})", provider=PROVIDER, unprocessed=True
-        ) from error
+    except (httpx.ConnectTimeout, httpx.ConnectError) as error:
+        raise connection_failed(PROVIDER, "Coze", error, timed_out=isinstance(error, httpx.ConnectTimeout)) from error
     except httpx.DecodingError as error:
         # A Content-Encoding the body does not match: the upstream (or a proxy) sent garbage.
         raise UpstreamUnavailable(

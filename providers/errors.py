@@ -185,6 +185,24 @@ class UpstreamTimeout(UpstreamError):
     reason = "UPSTREAM_TIMEOUT"
 
 
+def connection_failed(provider: str, upstream: str, error: Exception, *, timed_out: bool) -> UpstreamError:
+    """The error for a request that never reached the upstream: no connection could be made.
+
+    Transient and unprocessed, so the guard may send the request again. ``upstream`` names it
+    in the message ("Coze", "the upstream").
+    """
+    if timed_out:
+        return UpstreamTimeout(
+            f"could not connect to {upstream} in time ({type(error).__name__})",
+            provider=provider,
+            transient=True,
+            unprocessed=True,
+        )
+    return UpstreamUnavailable(
+        f"{upstream} is unreachable ({type(error).__name__})", provider=provider, unprocessed=True
+    )
+
+
 def _with_upstream_facts(message: str, provider: str, upstream_code: str, log_id: str) -> str:
     facts = [f"provider={provider}"]
     if upstream_code:

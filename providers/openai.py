@@ -44,6 +44,7 @@ from providers.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    connection_failed,
 )
 from providers.http import received_chunks, upstream_session
 from providers.sse import ServerSentEvent, iter_sse
@@ -462,13 +463,7 @@ def _map_transport_errors(exchange: _Exchange) -> Iterator[None]:
     try:
         yield
     except aiohttp.ConnectionTimeoutError as error:
-        # No connection within the connect timeout: the request never left, so it may be sent again.
-        raise UpstreamTimeout(
-            f"could not connect to the upstream in time ({type(error).__name__})",
-            provider=PROVIDER,
-            transient=True,
-            unprocessed=True,
-        ) from error
+        raise connection_failed(PROVIDER, "the upstream", error, timed_out=True) from error
     except TimeoutError as error:
         # aiohttp's read timeout (SocketTimeoutError) is a TimeoutError.
         raise UpstreamTimeout(
@@ -478,11 +473,7 @@ def _map_transport_errors(exchange: _Exchange) -> Iterator[None]:
         ) from error
     except aiohttp.ClientConnectorError as error:
         # Refused, unresolvable, TLS handshake failed: the request never reached the upstream.
-        raise UpstreamUnavailable(
-            f"the upstream is unreachable ({type(error).__name__})",
-            provider=PROVIDER,
-            unprocessed=True,
-        ) from error
+        raise connection_failed(PROVIDER, "the upstream", error, timed_out=False) from error
     except aiohttp.ClientError as error:
         # Reset, hung up, or a body cut short (ClientPayloadError): the upstream had the request.
         raise UpstreamUnavailable(
