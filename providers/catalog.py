@@ -54,7 +54,7 @@ class ServiceConfig:
     first_token_timeout: float | None = 120.0
     idle_timeout: float | None = 120.0
     total_timeout: float | None = 600.0
-    #: Attempts for a transient failure before the first event (1: no retry).
+    #: Attempts for a transient failure the upstream did no work for (1: no retry).
     max_attempts: int = 3
     #: Calls of this service in flight at once; more are refused (None: no limit).
     max_concurrent_calls: int | None = DEFAULT_MAX_CONCURRENT_CALLS

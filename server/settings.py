@@ -93,7 +93,9 @@ class GatewaySettings(BaseSettings):
     first_token_timeout_seconds: float = Field(120.0, gt=0, description="from the call to the upstream's first event")
     idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
     total_timeout_seconds: float = Field(600.0, gt=0, description="the whole upstream call")
-    max_attempts: int = Field(3, ge=1, le=10, description="attempts for a transient failure before any output")
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="attempts for a transient failure the upstream did no work for"
+    )
     max_concurrent_calls: int = Field(
         DEFAULT_MAX_CONCURRENT_CALLS, ge=1, description="calls in flight per service; more are refused (README: sizing)"
     )
