@@ -487,30 +487,10 @@ async def _workflow_events(
 
 def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
     """The JSON body of a /v1/workflow/run answer; raises the typed error for an error answer."""
-    log_id = response.headers.get(LOG_ID_HEADER, "")
-    retry_after = response.headers.get("retry-after")
-    try:
-        payload = json.loads(response.content)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        # The answer of a unary run comes after the run: only a refusal to start proves nothing ran.
-        raise coze_error(
-            response.status_code,
-            f"Coze answered HTTP {response.status_code} without a workflow result",
-            log_id=log_id,
-            retry_after=retry_after,
-            unprocessed=response.status_code == 429,
-        )
-    code = payload.get("code")
-    if code:
-        raise coze_error(
-            code,
-            f"Coze: {payload.get('msg', '')}",
-            log_id=log_id,
-            retry_after=retry_after,
-            unprocessed=_is_rate_limit(code),
-        )
+    payload = _json_object(response.content)
+    if payload is None or payload.get("code"):
+        # The answer of a unary run comes after the run: only a refusal for its rate proves nothing ran.
+        raise _error_answer(response, payload, instead_of="a workflow result", unprocessed=_is_rate_limit)
     return payload
 
 
@@ -788,28 +768,42 @@ async def _raise_for_json_error(response: httpx.Response) -> None:
     """Coze answers a failed stream request with a JSON body (often HTTP 200) instead of SSE."""
     if "event-stream" in response.headers.get("content-type", ""):
         return
-    body = await response.aread()
-    log_id = response.headers.get(LOG_ID_HEADER, "")
-    retry_after = response.headers.get("retry-after")
+    # An error answer where the stream was due: Coze did not start on the request.
+    payload = _json_object(await response.aread())
+    raise _error_answer(response, payload, instead_of="an event stream", unprocessed=lambda code: True)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         payload = json.loads(body)
     except ValueError:
-        payload = None
-    # An error answer where the stream was due: Coze did not start on the request.
-    if isinstance(payload, dict) and payload.get("code"):
-        raise coze_error(
-            payload.get("code"),
-            f"Coze: {payload.get('msg', '')}",
-            log_id=log_id,
-            retry_after=retry_after,
-            unprocessed=True,
-        )
-    raise coze_error(
-        response.status_code,
-        f"Coze answered HTTP {response.status_code} without an event stream",
-        log_id=log_id,
-        retry_after=retry_after,
-        unprocessed=True,
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _error_answer(
+    response: httpx.Response,
+    payload: dict[str, Any] | None,
+    *,
+    instead_of: str,
+    unprocessed: Callable[[object], bool],
+) -> UpstreamError:
+    """The typed error for an answer that is an error: Coze's code, or the HTTP status when the body has none.
+
+    ``unprocessed(code)`` says whether that answer proves Coze started nothing.
+    """
+    if payload is not None and payload.get("code"):
+        code: object = payload.get("code")
+        message = f"Coze: {payload.get('msg', '')}"
+    else:
+        code = response.status_code
+        message = f"Coze answered HTTP {response.status_code} without {instead_of}"
+    return coze_error(
+        code,
+        message,
+        log_id=response.headers.get(LOG_ID_HEADER, ""),
+        retry_after=response.headers.get("retry-after"),
+        unprocessed=unprocessed(code),
     )
 
 
