@@ -19,7 +19,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 
 from providers.errors import InvalidRequest, ShuttingDown
-from server.errors import Scrubber, abort_with
+from server.errors import Scrubber, end_with
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -123,6 +123,10 @@ class _Undecodable:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
+    def invalid(self) -> InvalidRequest:
+        """The error the caller is answered with."""
+        return InvalidRequest("request", f"the bytes are not a valid request message ({type(self.error).__name__})")
+
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
@@ -139,7 +143,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _check_decoded(request: Any) -> None:
     if isinstance(request, _Undecodable):
-        raise InvalidRequest("request", f"the bytes are not a valid request message ({type(request.error).__name__})")
+        raise request.invalid()
 
 
 def _unary(
@@ -151,7 +155,8 @@ def _unary(
                 _check_decoded(request)
                 return await behavior(request, context)
             except (Exception, asyncio.CancelledError) as error:
-                await _fail(context, method, error, calls, task, scrub)
+                _fail(context, method, error, calls, task, scrub)
+                return None
 
     return unary
 
@@ -160,24 +165,23 @@ def _server_stream(
     method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]], scrub: Scrubber, calls: _CallsInFlight
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            _check_decoded(request)
-        except InvalidRequest as error:
-            await abort_with(context, method, error, scrub)
+        if isinstance(request, _Undecodable):
+            end_with(context, method, request.invalid(), scrub)
+            return
         with calls.track() as task:
             responses = behavior(request, context)
             try:
                 async for response in responses:
                     yield response
             except (Exception, asyncio.CancelledError) as error:
-                await _fail(context, method, error, calls, task, scrub)
+                _fail(context, method, error, calls, task, scrub)
             finally:
                 await responses.aclose()  # type: ignore[attr-defined]
 
     return server_stream
 
 
-async def _fail(
+def _fail(
     context: grpc.aio.ServicerContext[Any, Any],
     method: str,
     error: BaseException,
@@ -185,7 +189,7 @@ async def _fail(
     task: asyncio.Task[Any] | None,
     scrub: Scrubber,
 ) -> None:
-    """End the call with the status for ``error``.
+    """Set the call's status for ``error``; the handler then returns, and grpc sends the status.
 
     An abort already under way, or a cancellation the gateway did not cause (the caller left,
     grpc stopped), goes on as it is.
@@ -197,4 +201,4 @@ async def _fail(
             raise error
         error = ShuttingDown("the gateway is shutting down and ended the call at the end of its grace period; retry it")
     assert isinstance(error, Exception)
-    await abort_with(context, method, error, scrub)
+    end_with(context, method, error, scrub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -33,6 +34,34 @@ class GatewayProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def rss_bytes(self) -> int:
+        """The process's resident set size now."""
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for process {self.pid}")
+
+    @asynccontextmanager
+    async def collected_log(self) -> AsyncIterator[list[bytes]]:
+        """The log lines written during the block, read as they come (a full pipe would stall the gateway)."""
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+        lines: list[bytes] = []
+
+        async def read() -> None:
+            while line := await stdout.readline():
+                lines.append(line)
+
+        reader = asyncio.create_task(read())
+        try:
+            yield lines
+        finally:
+            await asyncio.sleep(0.2)  # the last lines written before the block ended
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     async def read_until(self, pattern: bytes, count: int = 1) -> list[re.Match[bytes]]:
         """Read the log until ``pattern`` matched ``count`` lines (after the first listening line)."""
