@@ -8,6 +8,8 @@ place that turns each into a gRPC status. The tree::
     ├── ServiceNotFound ........... no service of that name
     ├── ServiceNotReady ........... the service lacks configuration (e.g. a token)
     ├── Overloaded ................ the service is at its concurrency limit
+    │   └── GatewayOverloaded ..... the gateway process is at its limit of calls in flight
+    ├── RequestIncomplete ......... the caller's request did not arrive whole in time
     ├── ShuttingDown .............. the gateway ended the call at the end of its shutdown grace
     └── UpstreamError ............. the upstream failed; carries provider, code, log id
         ├── UpstreamAuthError ..... the upstream rejected the gateway's own credentials
@@ -54,6 +56,8 @@ class GatewayError(Exception):
 
     #: A short, stable, UPPER_SNAKE reason, sent to callers in ``ErrorInfo.reason``.
     reason = "GATEWAY_ERROR"
+    #: When set, how long the caller should wait before trying again (sent as RetryInfo).
+    retry_after_seconds: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -87,6 +91,20 @@ class Overloaded(GatewayError):
     """The service is at its limit of concurrent calls; the call was refused at once."""
 
     reason = "OVERLOADED"
+    #: A call ends every so often: trying again after this may well succeed (sent as RetryInfo).
+    retry_after_seconds: float | None = 1.0
+
+
+class GatewayOverloaded(Overloaded):
+    """The gateway process is at its limit of calls in flight, all services together."""
+
+    reason = "GATEWAY_OVERLOADED"
+
+
+class RequestIncomplete(GatewayError):
+    """The caller's request message did not arrive whole within the gateway's bound."""
+
+    reason = "REQUEST_INCOMPLETE"
 
 
 class ShuttingDown(GatewayError):

@@ -17,10 +17,11 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.registry import ServiceRegistry
 from server.convert import RequestLimits
 from server.errors import Scrubber
-from server.interceptors import ErrorStatusInterceptor
+from server.interceptors import CallInterceptor, CallLimits
+from server.memory import release_memory_after_bursts
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
-from server.settings import Settings
+from server.settings import GatewaySettings, Settings
 
 _LOGGER = logging.getLogger(__name__)
 # After the gateway ended the calls left at the end of the grace, how long grpc may take to send
@@ -42,7 +43,8 @@ class GatewayServer:
     port: int
     health: health.aio.HealthServicer
     registry: ServiceRegistry
-    errors: ErrorStatusInterceptor
+    calls: CallInterceptor
+    memory_releaser: asyncio.Task[None]
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, give in-flight ones ``grace`` seconds, then end them and close upstreams."""
@@ -59,10 +61,11 @@ class GatewayServer:
                 await self.server.stop(grace + _STATUS_SECONDS)
             finally:
                 timer.cancel()
+        self.memory_releaser.cancel()
         await self.registry.aclose()
 
     def _end_calls(self) -> None:
-        if ended := self.errors.end_calls():
+        if ended := self.calls.end_calls():
             _LOGGER.info("shutdown grace over: ended %d calls still in flight", ended)
 
 
@@ -88,10 +91,17 @@ async def start_server(
         # (GOAWAY), but give calls on the old connection as long as a call may take.
         ("grpc.max_connection_age_ms", int(gateway.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", int((gateway.total_timeout_seconds + 30) * 1000)),
+        *_connection_limits(gateway),
     ]
     # Every credential the services hold is scrubbed from what callers and the log are told.
-    errors = ErrorStatusInterceptor(Scrubber(registry.secrets()))
-    server = grpc.aio.server(interceptors=[errors], options=options)
+    calls = CallInterceptor(
+        Scrubber(registry.secrets()),
+        CallLimits(
+            max_calls=gateway.max_calls_in_flight,
+            request_arrival_seconds=gateway.request_arrival_timeout_seconds,
+        ),
+    )
+    server = grpc.aio.server(interceptors=[calls], options=options)
     limits = RequestLimits(
         max_messages=gateway.max_messages,
         max_message_bytes=gateway.max_message_bytes,
@@ -120,7 +130,44 @@ async def start_server(
         _bound(address, port),
         ", ".join(service.name for service in registry.list()),
     )
-    return GatewayServer(server=server, port=port, health=health_servicer, registry=registry, errors=errors)
+    releaser = asyncio.create_task(release_memory_after_bursts(calls.take_peak), name="memory-releaser")
+    return GatewayServer(
+        server=server, port=port, health=health_servicer, registry=registry, calls=calls, memory_releaser=releaser
+    )
+
+
+#: The shortest interval at which a client may ping a connection that carries no calls, and the
+#: pings below it tolerated before the connection is closed (GOAWAY ENHANCE_YOUR_CALM): clients'
+#: keepalives of 10 s and more are welcome, a ping flood is not.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+MAX_PING_STRIKES = 2
+#: The gateway's own keepalive: a connection whose peer stopped answering pings is closed, and
+#: its calls with it, instead of waiting for TCP to give up (a quarter of an hour).
+KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS = 60_000, 20_000
+# How many arrived calls grpc may queue until the event loop takes them, per admitted call. Its
+# default (1,000, then dropping calls at random up to 3,000) cancels a burst's excess: CANCELLED,
+# which callers do not retry well. Queued past the admission limit, a call is refused with
+# RESOURCE_EXHAUSTED at once instead (server/interceptors.py).
+_PENDING_CALLS_PER_ADMITTED_CALL = 8
+
+
+def _connection_limits(gateway: GatewaySettings) -> list[tuple[str, int]]:
+    """grpc's options that keep connections and half-open streams from piling up."""
+    pending = gateway.max_calls_in_flight * _PENDING_CALLS_PER_ADMITTED_CALL
+    return [
+        ("grpc.max_concurrent_streams", gateway.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(gateway.max_connection_idle_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Unlimited: the gateway's own pings on a connection whose streams are silent (a long
+        # first token) must go on, or a dead peer would go unnoticed there.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+    ]
 
 
 async def serve(settings: Settings, *, share_port: bool = False) -> None:

@@ -31,6 +31,7 @@ from providers.errors import (
     GatewayError,
     InvalidRequest,
     Overloaded,
+    RequestIncomplete,
     ServiceNotFound,
     ServiceNotReady,
     ShuttingDown,
@@ -93,6 +94,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (ServiceNotFound, grpc.StatusCode.NOT_FOUND),
     (ServiceNotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # A time limit passed before the call could start; the caller may send it again.
+    (RequestIncomplete, grpc.StatusCode.DEADLINE_EXCEEDED),
     # Another replica can take the call: UNAVAILABLE is what clients retry elsewhere.
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     # The gateway's own upstream credentials are its configuration, not the caller's;
@@ -141,10 +144,10 @@ def status_for(error: Exception, scrub: Scrubber | None = None) -> ErrorStatus:
             "upstream_code": scrub(error.upstream_code, MAX_METADATA_CHARS),
             "log_id": scrub(error.log_id, MAX_METADATA_CHARS),
         }
-        if error.retry_after_seconds is not None:
-            delay = duration_pb2.Duration()
-            delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
-            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     if isinstance(error, InvalidRequest):
         details.append(
             error_details_pb2.BadRequest(

@@ -1,11 +1,24 @@
 """Server interceptors: concerns that apply to every RPC, kept out of the servicer.
 
-``ErrorStatusInterceptor`` turns any exception a handler raises into a defined
-status (see ``server/errors.py``), and a request whose bytes are no valid message
-into INVALID_ARGUMENT (grpc would answer UNKNOWN and log a traceback). It also
-knows the calls in flight, so that shutdown can end them itself (``end_calls``):
-grpc's own cancellation at the end of the grace period logs two tracebacks per call. Later
-concerns (metrics, tracing, caller keys) go here as further interceptors.
+``CallInterceptor`` owns each call from its first byte to its status:
+
+- **Admission.** At most ``max_calls`` calls of the gateway's own service run in the process at
+  once; one more is refused at once with RESOURCE_EXHAUSTED and RetryInfo (``GatewayOverloaded``).
+  Without it a burst waits in grpc's queue of unhandled calls, which cancels calls past a few
+  thousand: CANCELLED, which callers neither asked for nor retry well.
+- **Arrival.** A request must arrive whole within ``request_arrival_seconds`` (DEADLINE_EXCEEDED,
+  ``RequestIncomplete``, otherwise). grpc itself waits for a request without end when the caller
+  set no deadline, so half-sent requests could pile up. To bound it, the gateway's handlers are
+  served request-streaming: grpc then starts them at once and they read the request themselves (a
+  unary request is one message on the wire either way).
+- **Statuses.** Any exception a handler raises ends the call with its status (``server/errors.py``),
+  and a request whose bytes are no valid message with INVALID_ARGUMENT (grpc would answer UNKNOWN
+  and log a traceback). The status is set, never raised with ``context.abort()``: grpc keeps that
+  exception on the call, with a traceback that holds the request.
+- **Shutdown.** ``end_calls`` ends the calls still in flight at the end of the grace period:
+  grpc's own cancellation then logs two tracebacks per call.
+
+Later concerns (metrics, tracing, caller keys) go here as further interceptors.
 """
 
 from __future__ import annotations
@@ -13,23 +26,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import grpc
 
-from providers.errors import InvalidRequest, ShuttingDown
+from providers.errors import GatewayOverloaded, InvalidRequest, RequestIncomplete, ShuttingDown
 from server.errors import Scrubber, end_with
 
+_LOGGER = logging.getLogger(__name__)
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Requests: TypeAlias = "AsyncIterator[Any]"
 
 
-class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
-    """Ends a call whose handler raised with the status for that exception."""
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What every call is held to; None means no limit."""
 
-    def __init__(self, scrub: Scrubber | None = None) -> None:
-        self._scrub = scrub or Scrubber()
-        self._calls = _CallsInFlight()
+    #: Calls of the admitted service in flight in this process, all methods together.
+    max_calls: int | None = None
+    #: How long a call's request may take to arrive whole.
+    request_arrival_seconds: float | None = None
+    #: The methods the admission limit counts (health checks and reflection stay open).
+    admitted_prefix: str = "/aiplatform.v1.AIPlatformService/"
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Admits, bounds and ends every call; see the module docstring."""
+
+    def __init__(self, scrub: Scrubber | None = None, limits: CallLimits | None = None) -> None:
+        self._limits = limits or CallLimits()
+        self._calls = _CallsInFlight(scrub or Scrubber(), self._limits)
         # Wrapped handlers by method: grpc hands out the same handler object for every call of
         # a method, so wrapping it once saves rebuilding closures and handlers on each call.
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
@@ -46,7 +75,8 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler, self._scrub, self._calls)
+        counted = method.startswith(self._limits.admitted_prefix)
+        wrapped = _wrap(method, handler, self._calls, counted)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -54,55 +84,105 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         """End every call in flight with UNAVAILABLE (ShuttingDown); returns how many there were."""
         return self._calls.end_all()
 
+    def take_peak(self) -> tuple[int, int]:
+        """The gateway's calls in flight now and their peak since the last take (server/memory.py)."""
+        return self._calls.take_peak()
 
-def _wrap(method: str, handler: _Handler, scrub: Scrubber, calls: _CallsInFlight) -> _Handler:
+
+def _wrap(method: str, handler: _Handler, calls: _CallsInFlight, counted: bool) -> _Handler:
+    if handler.request_streaming:
+        return handler  # reflection's bidirectional stream maps its own errors
     deserializer = _tolerant(handler.request_deserializer)
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(method, handler.unary_unary, scrub, calls),
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(method, handler.unary_unary, calls, counted),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
-    if handler.unary_stream is not None:
-        # A streaming handler either yields (async generator) or writes with
-        # context.write and returns (coroutine, as the health service's Watch does).
-        behavior = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(
-            (
-                _server_stream(method, behavior, scrub, calls)
-                if inspect.isasyncgenfunction(behavior)
-                else _unary(method, cast(Any, behavior), scrub, calls)
-            ),
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler  # client- and bidi-streaming handlers (reflection) map their own errors
+    # A streaming handler either yields (async generator) or writes with
+    # context.write and returns (coroutine, as the health service's Watch does).
+    behavior = handler.unary_stream
+    return grpc.stream_stream_rpc_method_handler(
+        (
+            _server_stream(method, behavior, calls, counted)
+            if inspect.isasyncgenfunction(behavior)
+            else _unary(method, cast(Any, behavior), calls, counted)
+        ),
+        request_deserializer=deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class _CallsInFlight:
-    """The handler tasks of the calls in flight; ``end_all`` cancels them for shutdown.
+    """The handler tasks of the calls in flight: admission counts them, shutdown ends them.
 
-    A handler cancelled this way (and by nothing else) answers with the ShuttingDown status
+    A handler cancelled by ``end_all`` (and by nothing else) answers with the ShuttingDown status
     instead of letting the CancelledError reach grpc, which would log it as an error.
     """
 
-    __slots__ = ("_ended", "_tasks")
+    __slots__ = ("_counted", "_ended", "_limits", "_peak", "_refused_before", "_tasks", "scrub")
 
-    def __init__(self) -> None:
+    def __init__(self, scrub: Scrubber, limits: CallLimits) -> None:
+        self.scrub = scrub
+        self._limits = limits
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended: set[asyncio.Task[Any]] = set()
+        self._counted = 0
+        self._peak = 0
+        self._refused_before = False
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[asyncio.Task[Any] | None]:
+    def track(self, counted: bool) -> Iterator[asyncio.Task[Any] | None]:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self._counted += counted
+        if self._counted > self._peak:
+            self._peak = self._counted
         try:
             yield task
         finally:
+            self._counted -= counted
             if task is not None:
                 self._tasks.discard(task)
                 self._ended.discard(task)
+
+    def take_peak(self) -> tuple[int, int]:
+        """The counted calls in flight now and their peak since the last take; the next peak starts now."""
+        peak, self._peak = self._peak, self._counted
+        return self._counted, peak
+
+    def admit(self) -> None:
+        """Refuse (GatewayOverloaded) the call just tracked if it is one more than the process takes."""
+        limit = self._limits.max_calls
+        if limit is None or self._counted <= limit:
+            return
+        if not self._refused_before:
+            # Once per process: refusals can come by the thousand a second.
+            self._refused_before = True
+            _LOGGER.warning(
+                "the gateway reached its limit of %d calls in flight and refuses more (RESOURCE_EXHAUSTED); "
+                "raise AIP_MAX_CALLS_IN_FLIGHT if the host has room, or add replicas (logged once)",
+                limit,
+            )
+        raise GatewayOverloaded(f"the gateway is at its limit of {limit} calls in flight; retry shortly")
+
+    async def first_request(self, requests: _Requests) -> Any:
+        """The call's request message, once it arrived whole (and decoded) in time."""
+        seconds = self._limits.request_arrival_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                request = await anext(requests, _NO_REQUEST)
+        except TimeoutError:
+            raise RequestIncomplete(
+                f"the request did not arrive whole within {seconds:g} s (AIP_REQUEST_ARRIVAL_TIMEOUT_SECONDS); "
+                "send it again"
+            ) from None
+        if request is _NO_REQUEST:
+            raise InvalidRequest("request", "the call ended without sending a request message")
+        if isinstance(request, _Undecodable):
+            raise request.invalid()
+        return request
 
     def end_all(self) -> int:
         for task in self._tasks:
@@ -115,6 +195,9 @@ class _CallsInFlight:
         if task is None or task not in self._ended:
             return False
         return task.uncancel() == 0
+
+
+_NO_REQUEST = object()
 
 
 class _Undecodable:
@@ -141,42 +224,40 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _check_decoded(request: Any) -> None:
-    if isinstance(request, _Undecodable):
-        raise request.invalid()
-
-
 def _unary(
-    method: str, behavior: Callable[[Any, Any], Awaitable[Any]], scrub: Scrubber, calls: _CallsInFlight
-) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with calls.track() as task:
+    method: str, behavior: Callable[[Any, Any], Awaitable[Any]], calls: _CallsInFlight, counted: bool
+) -> Callable[[_Requests, Any], Awaitable[Any]]:
+    async def unary(requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with calls.track(counted) as task:
             try:
-                _check_decoded(request)
+                if counted:
+                    calls.admit()
+                request = await calls.first_request(requests)
                 return await behavior(request, context)
             except (Exception, asyncio.CancelledError) as error:
-                _fail(context, method, error, calls, task, scrub)
+                _fail(context, method, error, calls, task)
                 return None
 
     return unary
 
 
 def _server_stream(
-    method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]], scrub: Scrubber, calls: _CallsInFlight
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def server_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        if isinstance(request, _Undecodable):
-            end_with(context, method, request.invalid(), scrub)
-            return
-        with calls.track() as task:
-            responses = behavior(request, context)
+    method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]], calls: _CallsInFlight, counted: bool
+) -> Callable[[_Requests, Any], AsyncIterator[Any]]:
+    async def server_stream(requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        with calls.track(counted) as task:
+            responses: AsyncIterator[Any] | None = None
             try:
+                if counted:
+                    calls.admit()
+                responses = behavior(await calls.first_request(requests), context)
                 async for response in responses:
                     yield response
             except (Exception, asyncio.CancelledError) as error:
-                _fail(context, method, error, calls, task, scrub)
+                _fail(context, method, error, calls, task)
             finally:
-                await responses.aclose()  # type: ignore[attr-defined]
+                if responses is not None:
+                    await responses.aclose()  # type: ignore[attr-defined]
 
     return server_stream
 
@@ -187,7 +268,6 @@ def _fail(
     error: BaseException,
     calls: _CallsInFlight,
     task: asyncio.Task[Any] | None,
-    scrub: Scrubber,
 ) -> None:
     """Set the call's status for ``error``; the handler then returns, and grpc sends the status.
 
@@ -201,4 +281,4 @@ def _fail(
             raise error
         error = ShuttingDown("the gateway is shutting down and ended the call at the end of its grace period; retry it")
     assert isinstance(error, Exception)
-    end_with(context, method, error, scrub)
+    end_with(context, method, error, calls.scrub)

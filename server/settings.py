@@ -105,6 +105,18 @@ class GatewaySettings(BaseSettings):
     max_receive_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest gRPC request accepted at all (RESOURCE_EXHAUSTED above)"
     )
+    max_calls_in_flight: int = Field(
+        6000, ge=1, description="calls in flight per process, all services together; more are refused at once"
+    )
+    request_arrival_timeout_seconds: float = Field(
+        10.0, gt=0, description="how long a call's request may take to arrive whole (DEADLINE_EXCEEDED after)"
+    )
+    max_streams_per_connection: int = Field(
+        2048, ge=1, description="concurrent calls on one HTTP/2 connection (its MAX_CONCURRENT_STREAMS)"
+    )
+    max_connection_idle_seconds: float = Field(
+        120.0, gt=0, description="a connection without calls for this long is closed (GOAWAY)"
+    )
 
     def service_defaults(self) -> dict[str, Any]:
         """The per-service limits every service starts from (the config file may override them)."""
