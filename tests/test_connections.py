@@ -45,6 +45,11 @@ def _framed(message: bytes) -> bytes:
     return struct.pack(">BI", 0, len(message)) + message
 
 
+def _text(value: str | bytes) -> str:
+    """A header name or value: h2 gives str when told an encoding, though typed as bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RawClient:
     """One HTTP/2 connection spoken frame by frame."""
 
@@ -110,7 +115,7 @@ class RawClient:
             if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived) and (
                 event.stream_id == stream_id
             ):
-                headers = dict(event.headers)
+                headers = {_text(name): _text(value) for name, value in event.headers}
                 if "grpc-status" in headers:
                     return headers
         return {}
@@ -239,7 +244,8 @@ async def test_a_burst_past_the_call_limit_is_refused_with_retry_info_not_cancel
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await refused.read()
         # Health stays open when the gateway is full: load balancers must still see it.
-        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        health_stub: Any = health_pb2_grpc.HealthStub(channel)  # its stubs lack the methods
+        health = await health_stub.Check(health_pb2.HealthCheckRequest())
         for call in calls:
             call.cancel()
 
