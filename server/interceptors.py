@@ -170,14 +170,19 @@ class _CallsInFlight:
     async def first_request(self, requests: _Requests) -> Any:
         """The call's request message, once it arrived whole (and decoded) in time."""
         seconds = self._limits.request_arrival_seconds
+        messages = aiter(requests)  # grpc's generator of the call's messages
         try:
             async with asyncio.timeout(seconds):
-                request = await anext(requests, _NO_REQUEST)
+                request = await anext(messages, _NO_REQUEST)
         except TimeoutError:
             raise RequestIncomplete(
                 f"the request did not arrive whole within {seconds:g} s (AIP_REQUEST_ARRIVAL_TIMEOUT_SECONDS); "
                 "send it again"
             ) from None
+        finally:
+            # Paused at its yield, the generator's frame holds the request, in a reference cycle
+            # with grpc's receiver: only a full collection would free it. Closed, it holds nothing.
+            await messages.aclose()  # type: ignore[attr-defined]
         if request is _NO_REQUEST:
             raise InvalidRequest("request", "the call ended without sending a request message")
         if isinstance(request, _Undecodable):
