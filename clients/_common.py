@@ -39,6 +39,9 @@ StreamedT = TypeVar("StreamedT", pb.StreamChatResponse, pb.StreamWorkflowRespons
 # Struct keeps numbers as doubles: every integer up to 2**53 - 1 is exact, and past it some change
 # (2**53 + 1 arrives as 2**53; 19-digit Coze ids lose digits). The gateway refuses the same range.
 _MAX_EXACT_INTEGER = 2**53 - 1
+# The gateway refuses parameters nested deeper than this (objects and lists, parameters itself being
+# level 1): MAX_PARAMETER_DEPTH in server/convert.py, which the clients, shipped alone, do not import.
+_MAX_PARAMETER_DEPTH = 32
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -205,23 +208,29 @@ def _to_message(message: MessageLike, index: int) -> pb.ChatMessage:
 
 
 def to_struct(parameters: Mapping[str, Any] | None) -> struct_pb2.Struct:
-    """A Struct from a JSON-like dict; refuses integers a Struct cannot hold exactly."""
+    """A Struct from a JSON-like dict; refuses integers a Struct cannot hold exactly and nesting the gateway refuses."""
     struct = struct_pb2.Struct()
     if parameters:
-        _check_integers(parameters, "parameters")
+        _check_values(parameters, "parameters", 1)
         struct.update(dict(parameters))
     return struct
 
 
-def _check_integers(value: object, path: str) -> None:
+def _check_values(value: object, path: str, depth: int) -> None:
+    """Check ``value``, a Struct value ``depth`` levels deep if it is a mapping or a list."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_EXACT_INTEGER:
         raise ValueError(f"{path}: {value} does not fit a Struct number exactly; pass ids as strings")
+    if isinstance(value, Mapping | list | tuple) and depth > _MAX_PARAMETER_DEPTH:
+        raise ValueError(
+            f"{path}: nests dicts and lists more than {_MAX_PARAMETER_DEPTH} levels deep, "
+            "more than the gateway takes (parameters itself is level 1)"
+        )
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _check_integers(item, f"{path}.{key}")
+            _check_values(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_integers(item, f"{path}[{index}]")
+            _check_values(item, f"{path}[{index}]", depth + 1)
 
 
 # --- channel options --------------------------------------------------------------------------

@@ -47,8 +47,24 @@ def quote_input(value: str) -> str:
 
 
 def input_name(value: str) -> str:
-    """A caller's key as a field path names it (``parameters.<key>``): at most QUOTE_LIMIT characters."""
-    return value if len(value) <= QUOTE_LIMIT else f"{value[:QUOTE_LIMIT]}…[{len(value)} characters]"
+    """A caller's key as a field path names it (``parameters.<key>``): at most QUOTE_LIMIT characters.
+
+    Unlike ``quote_input`` it is not repr'd (a path reads ``parameters.temperature``), so the
+    characters that are not printable (NUL, newlines, escapes, U+2028) are escaped one by one as
+    repr escapes them: a key must not break or forge a line of the log.
+    """
+    if len(value) <= QUOTE_LIMIT and value.isprintable():
+        return value
+    shown: list[str] = []
+    used = 0  # characters of the name, escapes counted as they are shown
+    for character in value[:QUOTE_LIMIT]:
+        piece = character if character.isprintable() else repr(character)[1:-1]
+        if used + len(piece) > QUOTE_LIMIT:
+            break
+        shown.append(piece)
+        used += len(piece)
+    name = "".join(shown)
+    return name if len(shown) == len(value) else f"{name}…[{len(value)} characters]"
 
 
 class GatewayError(Exception):

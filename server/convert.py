@@ -35,6 +35,17 @@ _ROLES = frozenset({"user", "assistant", "system"})
 # The largest integer a double (a Struct number) holds exactly, with every integer below it.
 _MAX_EXACT_INTEGER = 2**53 - 1
 
+#: How deeply ``parameters`` may nest objects (Structs) and lists, counted as JSON counts depth:
+#: ``parameters`` itself is level 1, so ``{"a": {"b": [1]}}`` is 3 levels deep. The same on every
+#: RPC and for objects and lists alike. 32 keeps real payloads (an OpenAI ``response_format`` JSON
+#: schema at OpenAI's own limit of 10 nested objects is about 24 levels) and stays below what
+#: protobuf's parser itself takes (recursion limit 100: 33 levels of objects, 49 of lists), so a
+#: caller meets this limit, with this message, before protobuf's bare DecodeError.
+MAX_PARAMETER_DEPTH = 32
+# The longest field path a message names, cut in the middle: 32 nested keys of up to 64 characters
+# would make one of kilobytes, and a log line of multi-byte keys far over a few hundred bytes.
+_MAX_PATH_CHARS = 100
+
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
@@ -119,28 +130,32 @@ def _parameters(struct: struct_pb2.Struct, limits: RequestLimits) -> dict[str, A
     return struct_to_dict(struct, "parameters")
 
 
-def struct_to_dict(struct: struct_pb2.Struct, path: str) -> dict[str, Any]:
+def struct_to_dict(struct: struct_pb2.Struct, path: str, depth: int = 1) -> dict[str, Any]:
     """A Struct as plain Python values, with integral numbers back as ints.
 
     Struct keeps every number as a double, so 3 arrives as 3.0; upstreams expect
-    the integer the caller wrote.
+    the integer the caller wrote. ``depth`` is the Struct's own nesting level
+    (1 for ``parameters``); deeper than MAX_PARAMETER_DEPTH is refused.
     """
-    return {key: _value(value, f"{path}.{input_name(key)}") for key, value in struct.fields.items()}
+    _check_depth(path, depth)
+    return {key: _value(value, f"{path}.{input_name(key)}", depth) for key, value in struct.fields.items()}
 
 
-def _value(value: struct_pb2.Value, path: str) -> Any:
+def _value(value: struct_pb2.Value, path: str, depth: int) -> Any:
+    """The plain value of ``value``, which sits in a Struct or list ``depth`` levels deep."""
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
-            raise InvalidRequest(path, "must be a finite number")
+            # JSON, which every upstream speaks, has no NaN or Infinity.
+            raise _invalid(path, "must be a finite number")
         if number.is_integer():
             if abs(number) > _MAX_EXACT_INTEGER:
                 # A Struct number is a double: past 2^53 the caller's integer may already have
                 # been changed in transit (2^53 + 1 arrives as 2^53), and nothing can tell.
-                raise InvalidRequest(
+                raise _invalid(
                     path,
                     f"integers beyond ±{_MAX_EXACT_INTEGER} cannot be sent exactly as a JSON/Struct number; "
                     "send it as a string",
@@ -150,10 +165,28 @@ def _value(value: struct_pb2.Value, path: str) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return struct_to_dict(value.struct_value, path)
+        return struct_to_dict(value.struct_value, path, depth + 1)
     if kind == "list_value":
-        return [_value(item, f"{path}[{index}]") for index, item in enumerate(value.list_value.values)]
+        _check_depth(path, depth + 1)
+        return [_value(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value.list_value.values)]
     return None
+
+
+def _check_depth(path: str, depth: int) -> None:
+    if depth > MAX_PARAMETER_DEPTH:
+        raise _invalid(
+            path,
+            f"is nested deeper than the {MAX_PARAMETER_DEPTH} levels of objects and lists "
+            "parameters may have (parameters itself is level 1)",
+        )
+
+
+def _invalid(path: str, description: str) -> InvalidRequest:
+    """InvalidRequest for the value at ``path``, the path cut in the middle when it is long."""
+    if len(path) > _MAX_PATH_CHARS:
+        half = _MAX_PATH_CHARS // 2
+        path = f"{path[:half]}…{path[-half:]}"
+    return InvalidRequest(path, description)
 
 
 # --- responses --------------------------------------------------------------------------------
