@@ -167,23 +167,20 @@ class _CallsInFlight:
             )
         raise GatewayOverloaded(f"the gateway is at its limit of {limit} calls in flight; retry shortly")
 
-    async def first_request(self, requests: _Requests) -> Any:
+    async def first_request(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """The call's request message, once it arrived whole (and decoded) in time."""
         seconds = self._limits.request_arrival_seconds
-        messages = aiter(requests)  # grpc's generator of the call's messages
         try:
+            # context.read(), not the request iterator grpc passes: its generator, paused at a
+            # yield, would hold the request in a reference cycle until a full collection.
             async with asyncio.timeout(seconds):
-                request = await anext(messages, _NO_REQUEST)
+                request = await context.read()
         except TimeoutError:
             raise RequestIncomplete(
                 f"the request did not arrive whole within {seconds:g} s (AIP_REQUEST_ARRIVAL_TIMEOUT_SECONDS); "
                 "send it again"
             ) from None
-        finally:
-            # Paused at its yield, the generator's frame holds the request, in a reference cycle
-            # with grpc's receiver: only a full collection would free it. Closed, it holds nothing.
-            await messages.aclose()  # type: ignore[attr-defined]
-        if request is _NO_REQUEST:
+        if request is grpc.aio.EOF:
             raise InvalidRequest("request", "the call ended without sending a request message")
         if isinstance(request, _Undecodable):
             raise request.invalid()
@@ -200,9 +197,6 @@ class _CallsInFlight:
         if task is None or task not in self._ended:
             return False
         return task.uncancel() == 0
-
-
-_NO_REQUEST = object()
 
 
 class _Undecodable:
@@ -232,12 +226,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 def _unary(
     method: str, behavior: Callable[[Any, Any], Awaitable[Any]], calls: _CallsInFlight, counted: bool
 ) -> Callable[[_Requests, Any], Awaitable[Any]]:
-    async def unary(requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary(_requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with calls.track(counted) as task:
             try:
                 if counted:
                     calls.admit()
-                request = await calls.first_request(requests)
+                request = await calls.first_request(context)
                 return await behavior(request, context)
             except (Exception, asyncio.CancelledError) as error:
                 _fail(context, method, error, calls, task)
@@ -249,13 +243,13 @@ def _unary(
 def _server_stream(
     method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]], calls: _CallsInFlight, counted: bool
 ) -> Callable[[_Requests, Any], AsyncIterator[Any]]:
-    async def server_stream(requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def server_stream(_requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with calls.track(counted) as task:
             responses: AsyncIterator[Any] | None = None
             try:
                 if counted:
                     calls.admit()
-                responses = behavior(await calls.first_request(requests), context)
+                responses = behavior(await calls.first_request(context), context)
                 async for response in responses:
                     yield response
             except (Exception, asyncio.CancelledError) as error:
