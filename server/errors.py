@@ -127,6 +127,10 @@ class ErrorStatus:
 def status_for(error: Exception, scrub: Scrubber | None = None) -> ErrorStatus:
     """The status a caller gets for ``error``, its texts passed through ``scrub``."""
     scrub = scrub or Scrubber()
+    if isinstance(error, NotImplementedError):
+        # A generated servicer's method that a library left out (grpc_health's List): not a bug
+        # worth a traceback, and UNIMPLEMENTED is what grpc answers for an unknown method.
+        return _build(grpc.StatusCode.UNIMPLEMENTED, "method not implemented", [_error_info("UNIMPLEMENTED", {})])
     if not isinstance(error, GatewayError):
         error_id = uuid.uuid4().hex[:12]
         _LOGGER.error("unexpected error %s", error_id, exc_info=error)

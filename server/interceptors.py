@@ -90,9 +90,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _wrap(method: str, handler: _Handler, calls: _CallsInFlight, counted: bool) -> _Handler:
-    if handler.request_streaming:
-        return handler  # reflection's bidirectional stream maps its own errors
     deserializer = _tolerant(handler.request_deserializer)
+    if handler.stream_stream is not None:  # reflection's: it reads its requests itself
+        return grpc.stream_stream_rpc_method_handler(
+            _bidirectional_stream(method, cast(Any, handler.stream_stream), calls),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.request_streaming:
+        return handler  # no client-streaming method is served
     if handler.unary_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
             _unary(method, handler.unary_unary, calls, counted),
@@ -259,6 +265,33 @@ def _server_stream(
                     await responses.aclose()  # type: ignore[attr-defined]
 
     return server_stream
+
+
+def _bidirectional_stream(
+    method: str, behavior: Callable[[_Requests, Any], AsyncIterator[Any]], calls: _CallsInFlight
+) -> Callable[[_Requests, Any], AsyncIterator[Any]]:
+    async def bidirectional_stream(
+        requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        with calls.track(False) as task:
+            responses = behavior(_decoded(requests), context)
+            try:
+                async for response in responses:
+                    yield response
+            except (Exception, asyncio.CancelledError) as error:
+                _fail(context, method, error, calls, task)
+            finally:
+                await responses.aclose()  # type: ignore[attr-defined]
+
+    return bidirectional_stream
+
+
+async def _decoded(requests: _Requests) -> AsyncIterator[Any]:
+    """The messages of a request stream; one whose bytes do not parse ends it with INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.invalid()
+        yield request
 
 
 def _fail(
