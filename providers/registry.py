@@ -54,6 +54,11 @@ class ServiceRegistry:
             raise _wrong_type(service)
         return _ready(service)
 
+    def provider_of(self, name: str) -> str | None:
+        """The provider of the service called ``name``, or None when there is none."""
+        service = self._services.get(name)
+        return None if service is None else service.provider
+
     def secrets(self) -> tuple[str, ...]:
         """Every credential the services hold, for ``server/errors.py`` to scrub from what callers and logs see."""
         return tuple({secret for service in self._services.values() for secret in service.secrets() if secret})

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -15,10 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.registry import ServiceRegistry
+from server.access_log import AccessLog
 from server.convert import RequestLimits
 from server.errors import Scrubber
-from server.interceptors import CallInterceptor, CallLimits
+from server.interceptors import CallInterceptor, CallLimits, CallObserver
 from server.memory import release_memory_after_bursts
+from server.metrics import GatewayMetrics, serve_metrics, single_process_registry, write_values_to
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
 from server.settings import GatewaySettings, Settings
@@ -70,11 +73,16 @@ class GatewayServer:
 
 
 async def start_server(
-    settings: Settings, registry: ServiceRegistry | None = None, *, share_port: bool = False
+    settings: Settings,
+    registry: ServiceRegistry | None = None,
+    *,
+    share_port: bool = False,
+    observers: Sequence[CallObserver] = (),
 ) -> GatewayServer:
     """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry.
 
-    ``share_port`` lets several worker processes listen on one port (SO_REUSEPORT).
+    ``share_port`` lets several worker processes listen on one port (SO_REUSEPORT). Every call
+    is written to the access log and told to ``observers`` (metrics) when it ends.
     """
     registry = registry if registry is not None else build_registry(settings)
     gateway = settings.gateway
@@ -100,6 +108,8 @@ async def start_server(
             max_calls=gateway.max_calls_in_flight,
             request_arrival_seconds=gateway.request_arrival_timeout_seconds,
         ),
+        provider_of=registry.provider_of,
+        observers=(AccessLog(), *observers),
     )
     server = grpc.aio.server(interceptors=[calls], options=options)
     limits = RequestLimits(
@@ -170,9 +180,22 @@ def _connection_limits(gateway: GatewaySettings) -> list[tuple[str, int]]:
     ]
 
 
-async def serve(settings: Settings, *, share_port: bool = False) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully."""
-    gateway = await start_server(settings, share_port=share_port)
+async def serve(settings: Settings, *, share_port: bool = False, metrics_directory: str | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully.
+
+    A worker (``share_port``) passes ``metrics_directory``: its metrics go there, for the
+    supervising parent to serve summed; a single process serves its own on AIP_METRICS_ADDRESS.
+    """
+    observers: list[CallObserver] = []
+    if settings.gateway.metrics_address:
+        if metrics_directory is not None:
+            write_values_to(metrics_directory)
+            observers.append(GatewayMetrics())
+        else:
+            registry = single_process_registry()
+            observers.append(GatewayMetrics(registry))
+            serve_metrics(settings.gateway.metrics_address, registry)
+    gateway = await start_server(settings, share_port=share_port, observers=observers)
     tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -188,8 +188,8 @@ def _build(
 
 def end_with(
     context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception, scrub: Scrubber | None = None
-) -> None:
-    """Set the call's status to the one for ``error``; the handler then returns, and grpc sends it.
+) -> ErrorStatus:
+    """Set the call's status to the one for ``error`` (returned); the handler then returns, and grpc sends it.
 
     Not ``context.abort()``: grpc keeps the ``AbortError`` that abort raises on the call, and its
     traceback holds the frames that hold the request. That reference cycle is freed only by a full
@@ -205,6 +205,7 @@ def end_with(
     context.set_code(status.code)
     context.set_details(status.message)
     context.set_trailing_metadata(status.trailing_metadata)
+    return status
 
 
 def release_frames(error: BaseException) -> None:

@@ -27,13 +27,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 
-from providers.errors import GatewayOverloaded, InvalidRequest, RequestIncomplete, ShuttingDown
+from providers.errors import GatewayOverloaded, InvalidRequest, RequestIncomplete, ShuttingDown, UpstreamError
 from server.errors import Scrubber, end_with
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,12 +55,81 @@ class CallLimits:
     admitted_prefix: str = "/aiplatform.v1.AIPlatformService/"
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Admits, bounds and ends every call; see the module docstring."""
+#: The metadata key of a call's request id: the caller's when it sent one, returned to it in the
+#: response's initial metadata either way.
+REQUEST_ID_KEY = "x-request-id"
+_MAX_REQUEST_ID_CHARS = 64
 
-    def __init__(self, scrub: Scrubber | None = None, limits: CallLimits | None = None) -> None:
+
+@dataclass(slots=True)
+class CallRecord:
+    """What is known of one call when it ends: the facts metrics and the access log report.
+
+    Never the call's contents: no message text, no parameter values, no credentials.
+    """
+
+    #: The full method, ``/aiplatform.v1.AIPlatformService/StreamChat``.
+    method: str
+    #: ``unary``, ``server_stream`` or ``bidi_stream`` (grpc-ecosystem's ``grpc_type``).
+    kind: str
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    #: The service the request named, once it was found ("" otherwise: a caller's unknown name
+    #: is never a metric label), and its provider.
+    service: str = ""
+    provider: str = ""
+    #: When the request had arrived whole and the handler began, and when its first response went out.
+    handling_started: float | None = None
+    first_response: float | None = None
+    messages_sent: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    #: The ErrorInfo reason of a failure, and whether the upstream caused it.
+    reason: str = ""
+    upstream_failed: bool = False
+    upstream_log_id: str = ""
+    ended: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def reached_upstream(self) -> bool:
+        """Whether the call got as far as its upstream (it ended OK, or the upstream failed)."""
+        return bool(self.service) and (self.code == grpc.StatusCode.OK or self.upstream_failed)
+
+    def count_usage(self, response: Any) -> None:
+        usage = getattr(response, "usage", None)
+        if usage is not None and response.HasField("usage"):
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+
+
+class CallObserver(Protocol):
+    """Told of every call; must not raise (metrics, the access log)."""
+
+    def call_started(self, call: CallRecord) -> None:
+        """The request arrived whole; ``call.service`` is set if it names one."""
+
+    def call_ended(self, call: CallRecord) -> None:
+        """The call ended; its record is complete."""
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Admits, bounds, ends and records every call; see the module docstring."""
+
+    def __init__(
+        self,
+        scrub: Scrubber | None = None,
+        limits: CallLimits | None = None,
+        *,
+        provider_of: Callable[[str], str | None] = lambda _name: None,
+        observers: Sequence[CallObserver] = (),
+    ) -> None:
         self._limits = limits or CallLimits()
-        self._calls = _CallsInFlight(scrub or Scrubber(), self._limits)
+        self._calls = _CallsInFlight(scrub or Scrubber(), self._limits, provider_of, tuple(observers))
         # Wrapped handlers by method: grpc hands out the same handler object for every call of
         # a method, so wrapping it once saves rebuilding closures and handlers on each call.
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
@@ -101,7 +172,7 @@ def _wrap(method: str, handler: _Handler, calls: _CallsInFlight, counted: bool) 
         return handler  # no client-streaming method is served
     if handler.unary_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(method, handler.unary_unary, calls, counted),
+            _unary(method, handler.unary_unary, calls, counted, "unary"),
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -112,7 +183,7 @@ def _wrap(method: str, handler: _Handler, calls: _CallsInFlight, counted: bool) 
         (
             _server_stream(method, behavior, calls, counted)
             if inspect.isasyncgenfunction(behavior)
-            else _unary(method, cast(Any, behavior), calls, counted)
+            else _unary(method, cast(Any, behavior), calls, counted, "server_stream")
         ),
         request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
@@ -126,11 +197,29 @@ class _CallsInFlight:
     instead of letting the CancelledError reach grpc, which would log it as an error.
     """
 
-    __slots__ = ("_counted", "_ended", "_limits", "_peak", "_refused_before", "_tasks", "scrub")
+    __slots__ = (
+        "_counted",
+        "_ended",
+        "_limits",
+        "_observers",
+        "_peak",
+        "_provider_of",
+        "_refused_before",
+        "_tasks",
+        "scrub",
+    )
 
-    def __init__(self, scrub: Scrubber, limits: CallLimits) -> None:
+    def __init__(
+        self,
+        scrub: Scrubber,
+        limits: CallLimits,
+        provider_of: Callable[[str], str | None],
+        observers: tuple[CallObserver, ...],
+    ) -> None:
         self.scrub = scrub
         self._limits = limits
+        self._provider_of = provider_of
+        self._observers = observers
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended: set[asyncio.Task[Any]] = set()
         self._counted = 0
@@ -152,6 +241,29 @@ class _CallsInFlight:
             if task is not None:
                 self._tasks.discard(task)
                 self._ended.discard(task)
+
+    async def begin(self, method: str, kind: str, context: grpc.aio.ServicerContext[Any, Any]) -> CallRecord:
+        """A new call's record; its request id is sent back at once in the initial metadata."""
+        call = CallRecord(method, kind, _request_id(context))
+        await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+        return call
+
+    def identify(self, call: CallRecord, request: Any) -> None:
+        """Note the service the request names, if there is one by that name, and start the handling clock."""
+        call.handling_started = time.monotonic()
+        name = getattr(request, "service_name", "")
+        if name and (provider := self._provider_of(name)) is not None:
+            call.service, call.provider = name, provider
+        for observer in self._observers:
+            observer.call_started(call)
+
+    def finish(self, call: CallRecord) -> None:
+        call.ended = time.monotonic()
+        for observer in self._observers:
+            try:
+                observer.call_ended(call)
+            except Exception:  # an observer's bug must not fail the call, nor hide it
+                _LOGGER.exception("observing the call %s failed", call.request_id)
 
     def take_peak(self) -> tuple[int, int]:
         """The counted calls in flight now and their peak since the last take; the next peak starts now."""
@@ -230,18 +342,25 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 def _unary(
-    method: str, behavior: Callable[[Any, Any], Awaitable[Any]], calls: _CallsInFlight, counted: bool
+    method: str, behavior: Callable[[Any, Any], Awaitable[Any]], calls: _CallsInFlight, counted: bool, kind: str
 ) -> Callable[[_Requests, Any], Awaitable[Any]]:
     async def unary(_requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with calls.track(counted) as task:
+            call = await calls.begin(method, kind, context)
             try:
                 if counted:
                     calls.admit()
                 request = await calls.first_request(context)
-                return await behavior(request, context)
+                calls.identify(call, request)
+                response = await behavior(request, context)
+                if response is not None:
+                    call.count_usage(response)
+                return response
             except (Exception, asyncio.CancelledError) as error:
-                _fail(context, method, error, calls, task)
+                _fail(context, method, error, calls, task, call)
                 return None
+            finally:
+                calls.finish(call)
 
     return unary
 
@@ -251,18 +370,26 @@ def _server_stream(
 ) -> Callable[[_Requests, Any], AsyncIterator[Any]]:
     async def server_stream(_requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         with calls.track(counted) as task:
+            call = await calls.begin(method, "server_stream", context)
             responses: AsyncIterator[Any] | None = None
             try:
                 if counted:
                     calls.admit()
-                responses = behavior(await calls.first_request(context), context)
+                request = await calls.first_request(context)
+                calls.identify(call, request)
+                responses = behavior(request, context)
                 async for response in responses:
+                    if call.first_response is None:
+                        call.first_response = time.monotonic()
+                    call.messages_sent += 1
+                    call.count_usage(response)
                     yield response
             except (Exception, asyncio.CancelledError) as error:
-                _fail(context, method, error, calls, task)
+                _fail(context, method, error, calls, task, call)
             finally:
                 if responses is not None:
                     await responses.aclose()  # type: ignore[attr-defined]
+                calls.finish(call)
 
     return server_stream
 
@@ -274,14 +401,18 @@ def _bidirectional_stream(
         requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         with calls.track(False) as task:
+            call = await calls.begin(method, "bidi_stream", context)
+            call.handling_started = call.started
             responses = behavior(_decoded(requests), context)
             try:
                 async for response in responses:
+                    call.messages_sent += 1
                     yield response
             except (Exception, asyncio.CancelledError) as error:
-                _fail(context, method, error, calls, task)
+                _fail(context, method, error, calls, task, call)
             finally:
                 await responses.aclose()  # type: ignore[attr-defined]
+                calls.finish(call)
 
     return bidirectional_stream
 
@@ -300,17 +431,35 @@ def _fail(
     error: BaseException,
     calls: _CallsInFlight,
     task: asyncio.Task[Any] | None,
+    call: CallRecord,
 ) -> None:
     """Set the call's status for ``error``; the handler then returns, and grpc sends the status.
 
     An abort already under way, or a cancellation the gateway did not cause (the caller left,
-    grpc stopped), goes on as it is.
+    its deadline passed, grpc stopped), goes on as it is.
     """
     if isinstance(error, grpc.aio.AbortError):
+        call.code = grpc.StatusCode.UNKNOWN
         raise error
     if isinstance(error, asyncio.CancelledError):
         if not calls.ended_by_shutdown(task):
+            call.code = (
+                grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() == 0 else grpc.StatusCode.CANCELLED
+            )
             raise error
         error = ShuttingDown("the gateway is shutting down and ended the call at the end of its grace period; retry it")
     assert isinstance(error, Exception)
-    end_with(context, method, error, calls.scrub)
+    status = end_with(context, method, error, calls.scrub)
+    call.code, call.reason = status.code, getattr(error, "reason", "INTERNAL")
+    if isinstance(error, UpstreamError):
+        call.upstream_failed, call.upstream_log_id = True, calls.scrub(error.log_id, 128)
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id when it is a sane one (short, printable), else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            if 0 < len(value) <= _MAX_REQUEST_ID_CHARS and value.isprintable():
+                return value
+            break
+    return uuid.uuid4().hex

@@ -40,12 +40,20 @@ from providers.catalog import (
 )
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LOG_FORMATS = ("text", "json")
 
 
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"must be an http(s) URL, e.g. https://api.coze.cn (got {value!r})")
     return value.rstrip("/")
+
+
+def _host_and_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, e.g. 127.0.0.1:50051 (got {value!r})")
+    return value
 
 
 def _empty_is_unset(value: object) -> object:
@@ -89,6 +97,8 @@ class GatewaySettings(BaseSettings):
     )
     demo_services: bool = Field(True, description="serve the echo and echo_workflow demo services")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field("text", description="text, or json: one JSON object per line")
+    metrics_address: str = Field("", description="host:port of the Prometheus /metrics endpoint; off when empty")
     connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to an upstream (TCP and TLS)")
     first_token_timeout_seconds: float = Field(120.0, gt=0, description="from the call to the upstream's first event")
     idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
@@ -125,10 +135,19 @@ class GatewaySettings(BaseSettings):
     @field_validator("address")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"must be host:port, e.g. 127.0.0.1:50051 (got {value!r})")
-        return value
+        return _host_and_port(value)
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_and_port_or_empty(cls, value: str) -> str:
+        return _host_and_port(value) if value else value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value.lower() not in _LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)} (got {value!r})")
+        return value.lower()
 
     @field_validator("log_level")
     @classmethod

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterator
 
 from server.app import AddressInUse, serve
+from server.metrics import multiprocess_directory, multiprocess_registry, serve_metrics, worker_exited
 from server.services import check_providers
 from server.settings import Settings
 
@@ -28,13 +29,13 @@ def run_workers(settings: Settings) -> int:
     """Fork ``settings.gateway.workers`` workers on one port, supervise them, return the exit code."""
     check_providers(settings)  # a configuration error is one line from the parent, not N tracebacks
     host, _, port = settings.gateway.address.rpartition(":")
-    with _reserved_port(host, int(port)) as bound_port:
+    with _reserved_port(host, int(port)) as bound_port, _summed_metrics(settings) as metrics_directory:
         address = f"{host}:{bound_port}"
         worker_settings = settings.model_copy(
             update={"gateway": settings.gateway.model_copy(update={"address": address})}
         )
         _LOGGER.info("starting %d workers on %s", settings.gateway.workers, address)
-        children = [_fork_worker(worker_settings) for _ in range(settings.gateway.workers)]
+        children = [_fork_worker(worker_settings, metrics_directory) for _ in range(settings.gateway.workers)]
 
         def forward(signum: int, _frame: object) -> None:
             for pid in children:
@@ -46,6 +47,8 @@ def run_workers(settings: Settings) -> int:
         exit_code = 0
         for pid in children:
             _, status = os.waitpid(pid, 0)
+            if metrics_directory is not None:
+                worker_exited(pid, metrics_directory)
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 _LOGGER.error("worker %d exited with %d", pid, code)
@@ -54,14 +57,25 @@ def run_workers(settings: Settings) -> int:
         return exit_code
 
 
-def _fork_worker(settings: Settings) -> int:
+@contextlib.contextmanager
+def _summed_metrics(settings: Settings) -> Iterator[str | None]:
+    """With AIP_METRICS_ADDRESS: the directory the workers write their metrics to, served summed here."""
+    if not settings.gateway.metrics_address:
+        yield None
+        return
+    with multiprocess_directory() as directory:
+        serve_metrics(settings.gateway.metrics_address, multiprocess_registry(directory))
+        yield directory
+
+
+def _fork_worker(settings: Settings, metrics_directory: str | None) -> int:
     pid = os.fork()
     if pid:
         return pid
     # The child: a fresh event loop and server of its own; never returns.
     code = 0
     try:
-        asyncio.run(serve(settings, share_port=True))
+        asyncio.run(serve(settings, share_port=True, metrics_directory=metrics_directory))
     except AddressInUse as error:
         _LOGGER.error("%s", error)
         code = 1

@@ -26,10 +26,19 @@ def gateway_env(**overrides: str) -> dict[str, str]:
 class GatewayProcess:
     """A running `python -m server`, with the port it bound."""
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, startup_log: list[bytes]) -> None:
         self.process = process
         self.port = port
         self.target = f"127.0.0.1:{port}"
+        #: The log lines read while waiting for it to listen.
+        self.startup_log = startup_log
+
+    async def find_in_log(self, pattern: bytes) -> re.Match[bytes]:
+        """The first match of ``pattern`` in the log, from its start (the startup lines included)."""
+        for line in self.startup_log:
+            if match := re.search(pattern, line):
+                return match
+        return (await self.read_until(pattern))[0]
 
     @property
     def pid(self) -> int:
@@ -88,23 +97,31 @@ async def start_gateway(env: dict[str, str], cwd: Path) -> GatewayProcess:
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
+    lines: list[bytes] = []
     async with asyncio.timeout(30):
         while line := await process.stdout.readline():
+            lines.append(line)
             if match := _LISTENING.search(line):
-                return GatewayProcess(process, int(match.group(1)))
+                return GatewayProcess(process, int(match.group(1)), lines)
     raise AssertionError(f"the gateway exited before listening (code {await process.wait()})")
 
 
 @asynccontextmanager
 async def running_gateway(env: dict[str, str], cwd: Path) -> AsyncIterator[GatewayProcess]:
-    """A gateway process for the block; killed at the end if the test did not stop it."""
+    """A gateway process for the block; stopped at the end if the test did not stop it."""
     started = await start_gateway(env, cwd)
     try:
         yield started
     finally:
         if started.process.returncode is None:
-            started.process.kill()
-            await started.process.wait()
+            # SIGTERM first: with AIP_WORKERS the parent stops its workers (a killed parent would
+            # leave them running, holding the log pipe open).
+            started.process.terminate()
+            try:
+                await asyncio.wait_for(started.process.wait(), 20)
+            except TimeoutError:
+                started.process.kill()
+                await started.process.wait()
 
 
 async def failed_start(env: dict[str, str], cwd: Path) -> tuple[int, list[str]]:
