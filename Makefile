@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install proto check-proto lint-proto lint typecheck pytest clean
+.PHONY: run test install proto check-proto lint-proto breaking-proto proto-baseline lint typecheck pytest clean
 
 run: $(STAMP) ## Start the gateway with its demo services (AIP_ADDRESS, default 127.0.0.1:50051)
 	$(PY) -m server
 
-test: $(STAMP) lint-proto check-proto lint typecheck pytest ## Everything CI checks
+test: $(STAMP) lint-proto breaking-proto check-proto lint typecheck pytest ## Everything CI checks
 
 install: $(STAMP)
 
@@ -41,6 +41,26 @@ check-proto: $(STAMP)
 lint-proto: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
+
+# The API as last released, as a buf image (YAML, so that a refresh reads as a diff; no comments,
+# which no compatibility rule reads). A committed file rather than git history: CI's clone may be
+# shallow, and the baseline is the last *release*, not the last commit, so fields added since
+# can still change before they ship.
+PROTO_BASELINE := .ci/proto-baseline.yaml
+
+# Fails when protos/ would break a caller built against the baseline, by buf.yaml's `breaking`
+# rules. FILE, not WIRE_JSON: callers compile generated code (Go, Python's per-file modules, Node
+# loading the .proto), and WIRE_JSON lets a deleted RPC or service, or a type moved between files,
+# through.
+breaking-proto: $(STAMP)
+	$(BIN)/buf breaking --against $(PROTO_BASELINE)
+
+# Run when a release is cut, and commit the file. It refuses a breaking change: a baseline only
+# moves forward compatibly (a break is a new package, aiplatform.v2, beside v1).
+proto-baseline: $(STAMP) ## Record protos/ as the released API that breaking-proto checks against
+	@if [ -e $(PROTO_BASELINE) ]; then $(BIN)/buf breaking --against $(PROTO_BASELINE) \
+		|| { echo "protos/ breaks $(PROTO_BASELINE): not recorded"; exit 1; }; fi
+	$(BIN)/buf build --exclude-source-info -o $(PROTO_BASELINE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
