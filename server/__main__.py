@@ -9,7 +9,7 @@ import sys
 import pydantic
 
 from server.access_log import JsonFormatter
-from server.app import AddressInUse, serve
+from server.app import AddressInUse, TracingUnavailable, check_tracing, serve
 from server.metrics import MetricsAddressInUse
 from server.settings import ConfigError, Settings, describe_settings_error
 from server.workers import run_workers
@@ -25,10 +25,11 @@ def main() -> None:
         sys.exit(f"aiplatform: {error}")
     configure_logging(settings.log_level, settings.gateway.log_format)
     try:
+        check_tracing(settings.gateway)
         if settings.gateway.workers > 1:
             sys.exit(run_workers(settings))
         asyncio.run(serve(settings))
-    except (AddressInUse, MetricsAddressInUse, ConfigError) as error:
+    except (AddressInUse, MetricsAddressInUse, ConfigError, TracingUnavailable) as error:
         sys.exit(f"aiplatform: {error}")
 
 

@@ -6,8 +6,9 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,11 @@ from server.servicer import AIPlatformServicer
 from server.services import build_registry
 from server.settings import GatewaySettings, Settings
 
+if TYPE_CHECKING:  # server.tracing needs the otel extra: imported only when tracing is on
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from server.tracing import Tracing
+
 _LOGGER = logging.getLogger(__name__)
 # After the gateway ended the calls left at the end of the grace, how long grpc may take to send
 # their statuses before it cancels whatever remains.
@@ -38,6 +44,10 @@ class AddressInUse(RuntimeError):
     """The listen address cannot be bound."""
 
 
+class TracingUnavailable(RuntimeError):
+    """Tracing is on, but the OpenTelemetry packages (the ``otel`` extra) are not installed."""
+
+
 @dataclass
 class GatewayServer:
     """A started gateway: the grpc.aio server and what shutdown needs."""
@@ -48,6 +58,7 @@ class GatewayServer:
     registry: ServiceRegistry
     calls: CallInterceptor
     memory_releaser: asyncio.Task[None]
+    tracing: Tracing | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, give in-flight ones ``grace`` seconds, then end them and close upstreams."""
@@ -66,6 +77,8 @@ class GatewayServer:
                 timer.cancel()
         self.memory_releaser.cancel()
         await self.registry.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()
 
     def _end_calls(self) -> None:
         if ended := self.calls.end_calls():
@@ -78,12 +91,33 @@ async def start_server(
     *,
     share_port: bool = False,
     observers: Sequence[CallObserver] = (),
+    tracer_provider: TracerProvider | None = None,
 ) -> GatewayServer:
     """Start a gateway on ``settings.gateway.address``; tests pass port 0 and their own registry.
 
     ``share_port`` lets several worker processes listen on one port (SO_REUSEPORT). Every call
-    is written to the access log and told to ``observers`` (metrics) when it ends.
+    is written to the access log and told to ``observers`` (metrics) when it ends. With tracing on
+    (``GatewaySettings.tracing_on``), spans go to ``tracer_provider`` when given (tests), else to
+    the exporter the settings name.
     """
+    gateway = settings.gateway
+    # Before the registry: the upstream sessions made from now on are traced.
+    tracing = _tracing_starter()(gateway, tracer_provider) if gateway.tracing_on else None
+    try:
+        return await _start_server(settings, registry, share_port, observers, tracing)
+    except BaseException:
+        if tracing is not None:
+            await tracing.aclose()
+        raise
+
+
+async def _start_server(
+    settings: Settings,
+    registry: ServiceRegistry | None,
+    share_port: bool,
+    observers: Sequence[CallObserver],
+    tracing: Tracing | None,
+) -> GatewayServer:
     registry = registry if registry is not None else build_registry(settings)
     gateway = settings.gateway
     options = [
@@ -109,9 +143,11 @@ async def start_server(
             request_arrival_seconds=gateway.request_arrival_timeout_seconds,
         ),
         provider_of=registry.provider_of,
-        observers=(AccessLog(), *observers),
+        observers=(AccessLog(), *observers, *([tracing.observer] if tracing else [])),
     )
-    server = grpc.aio.server(interceptors=[calls], options=options)
+    # The tracing interceptor first: its span then encloses all that CallInterceptor does, observers included.
+    interceptors: list[grpc.aio.ServerInterceptor] = [tracing.interceptor, calls] if tracing else [calls]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     limits = RequestLimits(
         max_messages=gateway.max_messages,
         max_message_bytes=gateway.max_message_bytes,
@@ -142,8 +178,32 @@ async def start_server(
     )
     releaser = asyncio.create_task(release_memory_after_bursts(calls.take_peak), name="memory-releaser")
     return GatewayServer(
-        server=server, port=port, health=health_servicer, registry=registry, calls=calls, memory_releaser=releaser
+        server=server,
+        port=port,
+        health=health_servicer,
+        registry=registry,
+        calls=calls,
+        memory_releaser=releaser,
+        tracing=tracing,
     )
+
+
+def check_tracing(gateway: GatewaySettings) -> None:
+    """With tracing on, raise TracingUnavailable now if the otel extra is missing (in a parent, before workers fork)."""
+    if gateway.tracing_on:
+        _tracing_starter()
+
+
+def _tracing_starter() -> Callable[[GatewaySettings, TracerProvider | None], Tracing]:
+    """server/tracing.py's start_tracing, or TracingUnavailable when the otel extra is not installed."""
+    try:
+        from server.tracing import start_tracing
+    except ImportError as error:
+        raise TracingUnavailable(
+            "tracing is on (AIP_TRACING, or OTEL_EXPORTER_OTLP_ENDPOINT is set) but OpenTelemetry is not installed "
+            f"({error}): pip install 'aiplatform-gateway[otel]', or set AIP_TRACING=false"
+        ) from error
+    return start_tracing
 
 
 #: The shortest interval at which a client may ping a connection that carries no calls, and the

@@ -21,6 +21,7 @@ import pydantic
 from dotenv import dotenv_values
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,6 +42,7 @@ from providers.catalog import (
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _LOG_FORMATS = ("text", "json")
+_TRACES_EXPORTERS = ("otlp", "console")
 
 
 def _http_url(value: str) -> str:
@@ -84,7 +86,8 @@ def _limits(settings: BaseModel) -> dict[str, Any]:
 class GatewaySettings(BaseSettings):
     """The server itself (variables prefixed ``AIP_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="AIP_", extra="ignore")
+    # populate_by_name: the OTEL_* fields take their Python names in code (tests) as well.
+    model_config = SettingsConfigDict(env_prefix="AIP_", extra="ignore", populate_by_name=True)
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on; port 0 picks a free port")
     config: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
@@ -99,6 +102,19 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     metrics_address: str = Field("", description="host:port of the Prometheus /metrics endpoint; off when empty")
+    tracing: bool | None = Field(
+        None, description="OpenTelemetry traces; unset: on when an OTLP endpoint is set (server/tracing.py)"
+    )
+    # The OpenTelemetry SDK reads every OTEL_* variable itself; these two are read here as well, to decide
+    # whether tracing is on and where spans go, so that they work from .env too.
+    otlp_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="the OTLP/gRPC collector spans are sent to, e.g. http://127.0.0.1:4317",
+    )
+    traces_exporter: str = Field(
+        "otlp", validation_alias="OTEL_TRACES_EXPORTER", description="otlp, or console: spans as JSON on stdout"
+    )
     connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to an upstream (TCP and TLS)")
     first_token_timeout_seconds: float = Field(120.0, gt=0, description="from the call to the upstream's first event")
     idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
@@ -128,6 +144,11 @@ class GatewaySettings(BaseSettings):
         120.0, gt=0, description="a connection without calls for this long is closed (GOAWAY)"
     )
 
+    @property
+    def tracing_on(self) -> bool:
+        """Whether calls are traced: AIP_TRACING when set, else whether an OTLP endpoint is."""
+        return self.tracing if self.tracing is not None else bool(self.otlp_endpoint)
+
     def service_defaults(self) -> dict[str, Any]:
         """The per-service limits every service starts from (the config file may override them)."""
         return _limits(self)
@@ -147,6 +168,13 @@ class GatewaySettings(BaseSettings):
     def _known_format(cls, value: str) -> str:
         if value.lower() not in _LOG_FORMATS:
             raise ValueError(f"must be one of {', '.join(_LOG_FORMATS)} (got {value!r})")
+        return value.lower()
+
+    @field_validator("traces_exporter")
+    @classmethod
+    def _known_exporter(cls, value: str) -> str:
+        if value.lower() not in _TRACES_EXPORTERS:
+            raise ValueError(f"must be one of {', '.join(_TRACES_EXPORTERS)} (got {value!r})")
         return value.lower()
 
     @field_validator("log_level")
@@ -372,7 +400,9 @@ def describe_settings_error(error: pydantic.ValidationError) -> str:
     prefix = prefixes.get(error.title, "")
     problems = []
     for item in error.errors():
-        name = prefix + "_".join(str(part) for part in item["loc"]).upper()
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        if not name.startswith("OTEL_"):  # an OTEL_* variable is reported by its own name
+            name = prefix + name
         message = str(item["msg"]).removeprefix("Value error, ")
         problems.append(f"{name}: {message}")
     return "invalid setting " + "; ".join(problems)

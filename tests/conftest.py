@@ -14,8 +14,8 @@ from server.app import GatewayServer, start_server
 from server.settings import CozeSettings, GatewaySettings, Settings
 from tests.fakes.coze import FakeCoze
 
-#: The prefixes of the variables the gateway reads.
-ENVIRONMENT_PREFIXES = ("AIP_", "COZE_", "OPENAI_")
+#: The prefixes of the variables the gateway reads (OTEL_*: the OpenTelemetry SDK, and whether tracing is on).
+ENVIRONMENT_PREFIXES = ("AIP_", "COZE_", "OPENAI_", "OTEL_")
 
 
 @pytest.fixture(autouse=True)
