@@ -18,7 +18,9 @@
 - **Shutdown.** ``end_calls`` ends the calls still in flight at the end of the grace period:
   grpc's own cancellation then logs two tracebacks per call.
 
-Later concerns (metrics, tracing, caller keys) go here as further interceptors.
+Metrics, the access log and span attributes are ``CallObserver``s, told of each call's
+``CallRecord`` (``server/metrics.py``, ``server/access_log.py``, ``server/tracing.py``); caller
+keys will be a further interceptor here.
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     metrics_address: str = Field("", description="host:port of the Prometheus /metrics endpoint; off when empty")
-    tracing: bool | None = Field(
-        None, description="OpenTelemetry traces; unset: on when an OTLP endpoint is set (server/tracing.py)"
+    tracing: Annotated[bool | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, description="OpenTelemetry traces; unset or empty: on when an OTLP endpoint is set (server/tracing.py)"
     )
     # The OpenTelemetry SDK reads every OTEL_* variable itself; these two are read here as well, to decide
     # whether tracing is on and where spans go, so that they work from .env too.
