@@ -1,18 +1,17 @@
-"""Shared fixtures: a fake Coze upstream, a real gateway on a free port, and a channel to it."""
+"""Shared fixtures: a fake Coze upstream, and a real gateway with a channel and stub to it (tests/harness.py)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 import pytest
 
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import GatewayServer, start_server
-from server.settings import CozeSettings, GatewaySettings, Settings
+from server.settings import Settings
 from tests.fakes.coze import FakeCoze
+from tests.harness import GatewayUnderTest, gateway_for, make_settings
 
 #: The prefixes of the variables the gateway reads (OTEL_*: the OpenTelemetry SDK, and whether tracing is on).
 ENVIRONMENT_PREFIXES = ("AIP_", "COZE_", "OPENAI_", "OTEL_")
@@ -34,48 +33,34 @@ async def fake_coze() -> AsyncIterator[FakeCoze]:
         yield fake
 
 
-def make_settings(fake_coze: FakeCoze | None, **gateway: Any) -> Settings:
-    """Settings for a test gateway on a free port, pointed at ``fake_coze`` when given."""
-    coze = (
-        CozeSettings(_env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url)
-        if fake_coze is not None
-        else CozeSettings(_env_file=None)
-    )
-    return Settings(
-        gateway=GatewaySettings(_env_file=None, address="127.0.0.1:0", **gateway),
-        coze=coze,
-    )
-
-
 @pytest.fixture
 def settings(fake_coze: FakeCoze) -> Settings:
     return make_settings(fake_coze)
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[GatewayServer]:
-    """A real gateway on 127.0.0.1, serving the built-in services."""
-    server = await start_server(settings)
-    try:
-        yield server
-    finally:
-        await server.stop(0)
+async def gateway(settings: Settings) -> AsyncIterator[GatewayUnderTest]:
+    """A real gateway on 127.0.0.1, serving the built-in services, with a channel and stub to it."""
+    async with gateway_for(settings) as started:
+        yield started
 
 
 @pytest.fixture
-def target(gateway: GatewayServer) -> str:
-    return f"127.0.0.1:{gateway.port}"
+def target(gateway: GatewayUnderTest) -> str:
+    return gateway.target
 
 
 @pytest.fixture
-async def channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        yield channel
+def channel(gateway: GatewayUnderTest) -> grpc.aio.Channel:
+    return gateway.channel
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.AIPlatformServiceStub:
-    return pb_grpc.AIPlatformServiceStub(channel)
+def stub(gateway: GatewayUnderTest) -> pb_grpc.AIPlatformServiceStub:
+    return gateway.stub
+
+
+__all__ = ["ENVIRONMENT_PREFIXES", "error_details", "make_settings"]
 
 
 def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:

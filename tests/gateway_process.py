@@ -7,10 +7,15 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from tests.conftest import ENVIRONMENT_PREFIXES
 
 _LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
@@ -32,6 +37,30 @@ class GatewayProcess:
         self.target = f"127.0.0.1:{port}"
         #: The log lines read while waiting for it to listen.
         self.startup_log = startup_log
+        self._channel: grpc.aio.Channel | None = None
+        #: The options `channel` opens its channel with (`running_gateway`'s ``channel_options``).
+        self.channel_options: Sequence[tuple[str, Any]] = ()
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """A channel to the gateway, opened on first use and closed by `running_gateway` (as `GatewayUnderTest`'s)."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=list(self.channel_options))
+        return self._channel
+
+    @property
+    def stub(self) -> pb_grpc.AIPlatformServiceStub:
+        return pb_grpc.AIPlatformServiceStub(self.channel)
+
+    @property
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel)
+
+    async def close_channel(self) -> None:
+        """Close the channel `channel` opened, if any."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
 
     async def find_in_log(self, pattern: bytes) -> re.Match[bytes]:
         """The first match of ``pattern`` in the log, from its start (the startup lines included)."""
@@ -107,12 +136,19 @@ async def start_gateway(env: dict[str, str], cwd: Path) -> GatewayProcess:
 
 
 @asynccontextmanager
-async def running_gateway(env: dict[str, str], cwd: Path) -> AsyncIterator[GatewayProcess]:
-    """A gateway process for the block; stopped at the end if the test did not stop it."""
+async def running_gateway(
+    env: dict[str, str], cwd: Path, *, channel_options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[GatewayProcess]:
+    """A gateway process for the block (``.target``, ``.channel``, ``.stub`` as `tests.harness.gateway_for`'s).
+
+    At the end its channel is closed, then the process stopped if the test did not stop it.
+    """
     started = await start_gateway(env, cwd)
+    started.channel_options = channel_options
     try:
         yield started
     finally:
+        await started.close_channel()
         if started.process.returncode is None:
             # SIGTERM first: with AIP_WORKERS the parent stops its workers (a killed parent would
             # leave them running, holding the log pipe open).

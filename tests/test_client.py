@@ -28,11 +28,10 @@ from providers.echo import EchoChatService
 from providers.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from providers.guard import CallPolicy
 from providers.registry import ServiceRegistry
-from server.app import start_server
 from server.servicer import AIPlatformServicer
-from tests.conftest import make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.harness import gateway_for
 
 FLAVORS = ["sync", "async"]
 HI = [{"role": "user", "content": "hi"}]
@@ -363,11 +362,8 @@ class _EndlessChatService(ChatService):
 async def endless() -> AsyncIterator[tuple[_EndlessChatService, str]]:
     """A gateway serving an endless chat service and echo; yields the service and the gateway's target."""
     service = _EndlessChatService()
-    server = await start_server(make_settings(None), ServiceRegistry([service, EchoChatService()]))
-    try:
-        yield service, f"127.0.0.1:{server.port}"
-    finally:
-        await server.stop(0)
+    async with gateway_for(services=[service, EchoChatService()]) as gateway:
+        yield service, gateway.target
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -582,13 +578,8 @@ class _FlakyEchoService(EchoChatService):
 @contextlib.asynccontextmanager
 async def _gateway_with(service: ChatService) -> AsyncIterator[str]:
     """A real gateway serving ``service`` that does not retry upstream failures itself; yields its target."""
-    registry = ServiceRegistry()
-    registry.register(service, CallPolicy(max_attempts=1))
-    server = await start_server(make_settings(None), registry)
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        await server.stop(0)
+    async with gateway_for(services=[(service, CallPolicy(max_attempts=1))]) as gateway:
+        yield gateway.target
 
 
 class _StoppingReplicaServicer(pb_grpc.AIPlatformServiceServicer):

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import start_server
 from server.services import build_registry
 from server.settings import ConfigError, GatewaySettings, Settings, load_service_file
 from tests.conftest import make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
 from tests.gateway_process import failed_start, gateway_env
+from tests.harness import gateway_for
 
 HI = [pb.ChatMessage(role="user", content="hello")]
 
@@ -27,15 +25,6 @@ def _settings_with_file(tmp_path: Path, text: str, fake_coze: FakeCoze | None = 
     settings = make_settings(fake_coze)
     settings.file_services = load_service_file(path, variables, settings.gateway)
     return settings
-
-
-async def _stub_for(settings: Settings) -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
-    server = await start_server(settings)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield pb_grpc.AIPlatformServiceStub(channel)
-    finally:
-        await server.stop(0)
 
 
 async def test_a_second_coze_bot_with_its_own_default_and_token(tmp_path: Path, fake_coze: FakeCoze) -> None:
@@ -51,7 +40,8 @@ async def test_a_second_coze_bot_with_its_own_default_and_token(tmp_path: Path, 
         """,
         SUPPORT_COZE_TOKEN=fake_coze.token,
     )
-    async for stub in _stub_for(settings):
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
         support = listed["coze_support"]
         assert (support.type, support.provider, support.ready, support.description) == (
@@ -77,7 +67,8 @@ async def test_a_service_whose_key_variable_is_unset_is_listed_not_ready(tmp_pat
         default_model = "deepseek-chat"
         """,
     )
-    async for stub in _stub_for(settings):
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
         assert not listed["deepseek"].ready
         assert listed["deepseek"].not_ready_reason
@@ -95,7 +86,8 @@ async def test_a_plugin_provider_serves_calls_after_one_line_of_config(tmp_path:
         options = { upper = true }
         """,
     )
-    async for stub in _stub_for(settings):
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
         assert (listed["mirror"].provider, listed["mirror"].ready) == ("reverse", True)
         chunks = [
@@ -164,7 +156,8 @@ async def test_list_services_describes_each_services_parameters(tmp_path: Path, 
         """,
         COZE_TOKEN=fake_coze.token,
     )
-    async for stub in _stub_for(settings):
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         listed = {service.name: service for service in (await stub.ListServices(pb.ListServicesRequest())).services}
     described = {name: [(p.name, p.type, p.required) for p in service.parameters] for name, service in listed.items()}
     assert described["weather"] == [("city", "string", True), ("days", "integer", False)]

@@ -26,10 +26,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import MAX_PING_STRIKES, GatewayServer, start_server
-from tests.conftest import error_details, make_settings
+from server.app import MAX_PING_STRIKES
+from tests.conftest import error_details
 from tests.gateway_process import gateway_env, running_gateway
+from tests.harness import gateway_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "/aiplatform.v1.AIPlatformService/Chat"
@@ -121,21 +121,15 @@ class RawClient:
         return {}
 
 
-@asynccontextmanager
-async def gateway(**settings: Any) -> AsyncIterator[GatewayServer]:
-    server = await start_server(make_settings(None, **settings))
-    try:
-        yield server
-    finally:
-        await server.stop(None)
-
-
 def _chat_request() -> bytes:
     return pb.ChatRequest(service_name="echo", messages=[pb.ChatMessage(role="user", content="hi")]).SerializeToString()
 
 
 async def test_the_stream_limit_is_announced_and_a_stream_past_it_is_refused() -> None:
-    async with gateway(max_streams_per_connection=4) as server, RawClient.connect(server.port) as client:
+    async with (
+        gateway_for(grace=None, max_streams_per_connection=4) as server,
+        RawClient.connect(server.port) as client,
+    ):
         await client.read_until(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events), 5)
         announced = client.h2.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
         assert announced == 4
@@ -163,7 +157,10 @@ async def test_the_stream_limit_is_announced_and_a_stream_past_it_is_refused() -
 async def test_a_request_that_does_not_arrive_whole_in_time_ends_with_deadline_exceeded(
     method: str, body: bytes | None
 ) -> None:
-    async with gateway(request_arrival_timeout_seconds=0.5) as server, RawClient.connect(server.port) as client:
+    async with (
+        gateway_for(grace=None, request_arrival_timeout_seconds=0.5) as server,
+        RawClient.connect(server.port) as client,
+    ):
         stream_id = await client.open_stream(method, body)
         # The call's own deadline is unset: without the bound it would wait for ever.
         await client.read_until(lambda _: client.trailers(stream_id), 10)
@@ -178,7 +175,10 @@ async def test_a_request_that_does_not_arrive_whole_in_time_ends_with_deadline_e
 
 
 async def test_a_request_slower_than_the_bound_in_total_but_whole_in_time_is_served() -> None:
-    async with gateway(request_arrival_timeout_seconds=1.0) as server, RawClient.connect(server.port) as client:
+    async with (
+        gateway_for(grace=None, request_arrival_timeout_seconds=1.0) as server,
+        RawClient.connect(server.port) as client,
+    ):
         framed = _framed(_chat_request())
         stream_id = await client.open_stream(CHAT, framed[:5])
         await asyncio.sleep(0.3)
@@ -190,7 +190,10 @@ async def test_a_request_slower_than_the_bound_in_total_but_whole_in_time_is_ser
 
 
 async def test_an_idle_connection_is_closed_after_max_connection_idle() -> None:
-    async with gateway(max_connection_idle_seconds=0.5) as server, RawClient.connect(server.port) as client:
+    async with (
+        gateway_for(grace=None, max_connection_idle_seconds=0.5) as server,
+        RawClient.connect(server.port) as client,
+    ):
         loop = asyncio.get_running_loop()
         started = loop.time()
         await client.read_until(lambda events: any(isinstance(e, h2.events.ConnectionTerminated) for e in events), 10)
@@ -203,7 +206,7 @@ async def test_an_idle_connection_is_closed_after_max_connection_idle() -> None:
 
 
 async def test_a_ping_flood_gets_the_connection_closed_with_enhance_your_calm() -> None:
-    async with gateway() as server, RawClient.connect(server.port) as client:
+    async with gateway_for(grace=None) as server, RawClient.connect(server.port) as client:
         for index in range(MAX_PING_STRIKES + 3):
             client.h2.ping(index.to_bytes(8, "big"))
             await client.flush()
@@ -216,7 +219,7 @@ async def test_a_ping_flood_gets_the_connection_closed_with_enhance_your_calm() 
 
 
 async def test_keepalive_pings_a_client_may_send_are_answered_and_keep_the_connection() -> None:
-    async with gateway() as server, RawClient.connect(server.port) as client:
+    async with gateway_for(grace=None) as server, RawClient.connect(server.port) as client:
         client.h2.ping(b"keepaliv")
         await client.flush()
         await client.read_until(lambda events: any(isinstance(e, h2.events.PingAckReceived) for e in events), 5)
@@ -229,11 +232,8 @@ async def test_keepalive_pings_a_client_may_send_are_answered_and_keep_the_conne
 
 async def test_a_burst_past_the_call_limit_is_refused_with_retry_info_not_cancelled() -> None:
     limit = 20
-    async with (
-        gateway(max_calls_in_flight=limit) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        stub = pb_grpc.AIPlatformServiceStub(channel)
+    async with gateway_for(grace=None, max_calls_in_flight=limit) as server:
+        stub, channel = server.stub, server.channel
         params = {"delay_ms": 2000}
         request = pb.StreamChatRequest(service_name="echo", messages=[pb.ChatMessage(role="user", content="a b")])
         request.parameters.update(params)

@@ -12,12 +12,12 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import GatewayServer, start_server
-from server.settings import CozeSettings, Settings
+from server.settings import CozeSettings
 from tests.conftest import error_details, make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
 from tests.fakes.upstreams import collect
+from tests.harness import gateway_for
 
 HI = [pb.ChatMessage(role="user", content="hi")]
 
@@ -134,7 +134,8 @@ async def test_default_bot_id_comes_from_settings(fake_coze: FakeCoze) -> None:
     settings.coze = CozeSettings(
         _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_bot_id="bot-from-settings"
     )
-    async with _serving(settings) as stub:
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         response = await stub.Chat(pb.ChatRequest(service_name="coze", messages=HI))
     assert response.content == fake.DEFAULT_ANSWER
     assert _chat_posts(fake_coze)[0].json["bot_id"] == "bot-from-settings"
@@ -254,7 +255,8 @@ async def test_wrong_token_is_the_gateways_configuration_and_never_leaks(fake_co
     wrong_token = "pat_wrong_token_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
     settings = make_settings(fake_coze)
     settings.coze = CozeSettings(_env_file=None, api_token=wrong_token, api_base=fake_coze.base_url)
-    async with _serving(settings) as stub:
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         _, stream_error = await collect(stub.StreamChat(_stream_request()))
         _, unary_error = await _unary(stub.Chat(_chat_request()))
     for error in (stream_error, unary_error):
@@ -269,7 +271,8 @@ async def test_wrong_token_is_the_gateways_configuration_and_never_leaks(fake_co
 async def test_unreachable_coze_is_unavailable(fake_coze: FakeCoze) -> None:
     settings = make_settings(fake_coze)
     await fake_coze.stop()  # nothing listens on its port any more
-    async with _serving(settings) as stub:
+    async with gateway_for(settings) as gateway:
+        stub = gateway.stub
         _, error = await collect(stub.StreamChat(_stream_request()))
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -319,25 +322,6 @@ async def test_final_message_does_not_wait_for_a_lingering_body(
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-class _serving:
-    """A gateway with other settings, and a stub to it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._server: GatewayServer | None = None
-        self._channel: grpc.aio.Channel | None = None
-
-    async def __aenter__(self) -> pb_grpc.AIPlatformServiceStub:
-        self._server = await start_server(self._settings)
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self._server.port}")
-        return pb_grpc.AIPlatformServiceStub(self._channel)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._channel is not None and self._server is not None
-        await self._channel.close()
-        await self._server.stop(0)
 
 
 async def _until(condition: Any, within: float = 2.0) -> None:

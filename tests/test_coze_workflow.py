@@ -12,12 +12,12 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import start_server
 from server.settings import CozeSettings
 from tests.conftest import error_details, make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
 from tests.fakes.upstreams import collect
+from tests.harness import gateway_for
 
 INPUTS = {"city": "北京", "days": 3, "ratio": 0.5, "ids": ["7379462189365198898"], "nested": {"n": 1}}
 
@@ -103,14 +103,9 @@ async def test_default_workflow_id_comes_from_settings(fake_coze: FakeCoze) -> N
     settings.coze = CozeSettings(
         _env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url, default_workflow_id="wf-default"
     )
-    server = await start_server(settings)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.AIPlatformServiceStub(channel)
-            await stub.RunWorkflow(pb.RunWorkflowRequest(service_name="coze_workflow"))
-            await collect(stub.StreamWorkflow(pb.StreamWorkflowRequest(service_name="coze_workflow")))
-    finally:
-        await server.stop(0)
+    async with gateway_for(settings) as gateway:
+        await gateway.stub.RunWorkflow(pb.RunWorkflowRequest(service_name="coze_workflow"))
+        await collect(gateway.stub.StreamWorkflow(pb.StreamWorkflowRequest(service_name="coze_workflow")))
     assert [request.json["workflow_id"] for request in fake_coze.requests] == ["wf-default", "wf-default"]
 
 

@@ -190,14 +190,14 @@ async def test_the_gateway_process_log_holds_no_upstream_echo_of_its_token_and_n
         assert gateway.process.stdout is not None
         # Read the log as it is written: a gateway writing a huge line into a full pipe would block.
         log_read = asyncio.create_task(gateway.process.stdout.read())
-        async with grpc.aio.insecure_channel(gateway.target) as channel:
-            stub = pb_grpc.AIPlatformServiceStub(channel)
-            for bot_id in (fake.BOT_ECHO_AUTH, fake.BOT_HUGE_ERROR):
-                request = pb.StreamChatRequest(
-                    service_name="coze", user_id="u", messages=HI, parameters=_struct({"bot_id": bot_id})
-                )
-                _, error = await collect(stub.StreamChat(request))
-                assert error is not None
+        stub = gateway.stub
+        for bot_id in (fake.BOT_ECHO_AUTH, fake.BOT_HUGE_ERROR):
+            request = pb.StreamChatRequest(
+                service_name="coze", user_id="u", messages=HI, parameters=_struct({"bot_id": bot_id})
+            )
+            _, error = await collect(stub.StreamChat(request))
+            assert error is not None
+        await gateway.close_channel()
         gateway.process.terminate()
         log = (await asyncio.wait_for(log_read, 30)).decode()
     assert "received headers" in log, "the failure is logged"

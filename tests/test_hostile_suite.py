@@ -196,11 +196,8 @@ class HostileGateway:
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HostileGateway]:
     async with FakeOpenAI() as openai:
         env = gateway_env(AIP_LOG_LEVEL="DEBUG", OPENAI_API_KEY=openai.api_key, OPENAI_BASE_URL=openai.base_url)
-        async with (
-            running_gateway(env, Path(tmp_path_factory.mktemp("gateway"))) as process,
-            grpc.aio.insecure_channel(process.target) as channel,
-        ):
-            gateway = HostileGateway(process, channel, openai)
+        async with running_gateway(env, Path(tmp_path_factory.mktemp("gateway"))) as process:
+            gateway = HostileGateway(process, process.channel, openai)
             reader = asyncio.create_task(gateway.read_log())
             try:
                 yield gateway

@@ -98,10 +98,10 @@ REFUSED: list[tuple[Call, grpc.StatusCode]] = [
 
 async def test_refused_large_requests_leave_no_more_memory_than_valid_ones() -> None:
     async with (
-        running_gateway(gateway_env(), ROOT) as gateway,
+        running_gateway(gateway_env(), ROOT, channel_options=_BIG) as gateway,
         gateway.collected_log(),
-        grpc.aio.insecure_channel(gateway.target, options=_BIG) as channel,
     ):
+        channel = gateway.channel
         for _ in range(10):  # warm-up: grpc's and the allocator's steady state
             assert await _valid_chat(channel) == grpc.StatusCode.OK
         start = gateway.rss_bytes()

@@ -98,11 +98,11 @@ async def test_metrics_count_real_calls_by_code_tokens_errors_and_streams_in_fli
         FakeOpenAI() as upstream,
         observed_gateway(tmp_path, upstream) as (process, port),
         process.collected_log(),
-        grpc.aio.insecure_channel(process.target) as channel,
     ):
+        channel = process.channel
         await _calls(channel)
         # A stream held open shows in flight; cancelled, it is counted CANCELLED and leaves the gauge.
-        stub = pb_grpc.AIPlatformServiceStub(channel)
+        stub = process.stub
         held = stub.StreamChat(_chat("echo", delay_ms=5000))
         await held.wait_for_connection()
         await asyncio.sleep(0.3)
@@ -165,9 +165,8 @@ async def test_the_json_access_log_has_one_line_per_call_with_the_request_id_it_
         FakeOpenAI(api_key=SECRET_KEY) as upstream,
         observed_gateway(tmp_path, upstream, AIP_LOG_FORMAT="json", AIP_LOG_LEVEL="DEBUG") as (process, _),
         process.collected_log() as log,
-        grpc.aio.insecure_channel(process.target) as channel,
     ):
-        stub = pb_grpc.AIPlatformServiceStub(channel)
+        stub = process.stub
         given = stub.StreamChat(_chat("openai"), metadata=(("x-request-id", "caller-req-42"),))
         async for _ in given:
             pass
@@ -200,9 +199,8 @@ async def test_the_text_access_log_is_one_readable_line_per_call(tmp_path: Path)
         FakeOpenAI() as upstream,
         observed_gateway(tmp_path, upstream) as (process, _),
         process.collected_log() as log,
-        grpc.aio.insecure_channel(process.target) as channel,
     ):
-        stub = pb_grpc.AIPlatformServiceStub(channel)
+        stub = process.stub
         await stub.Chat(
             pb.ChatRequest(service_name="echo", messages=[pb.ChatMessage(role="user", content=PROMPT)]),
             metadata=(("x-request-id", "text-req-7"),),

@@ -28,13 +28,12 @@ from providers.errors import (
     UpstreamUnavailable,
 )
 from providers.openai import OpenAIChatService
-from providers.registry import ServiceRegistry
-from server.app import start_server
-from tests.conftest import error_details, make_settings
+from tests.conftest import error_details
 from tests.fakes import openai as fake
 from tests.fakes._server import closed_port, http_server, misbehaving_server
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import collect
+from tests.harness import gateway_for
 
 HI = [pb.ChatMessage(role="user", content="hi")]
 COMPLETIONS_PATH = "/v1/chat/completions"
@@ -53,27 +52,11 @@ def _service(upstream: FakeOpenAI, **options: Any) -> OpenAIChatService:
     return OpenAIChatService("openai", base_url=upstream.base_url, **options)
 
 
-class _serving:
-    """A real gateway serving one OpenAI-compatible service, and a stub to it."""
-
-    def __init__(self, service: OpenAIChatService) -> None:
-        self._service = service
-
-    async def __aenter__(self) -> pb_grpc.AIPlatformServiceStub:
-        self._server = await start_server(make_settings(None), ServiceRegistry([self._service]))
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self._server.port}")
-        return pb_grpc.AIPlatformServiceStub(self._channel)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._channel.close()
-        await self._server.stop(0)
-
-
 @pytest.fixture
 async def stub(fake_openai: FakeOpenAI) -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
     """A stub to a gateway whose `openai` service talks to the fake (default model gpt-fake)."""
-    async with _serving(_service(fake_openai)) as gateway_stub:
-        yield gateway_stub
+    async with gateway_for(services=[_service(fake_openai)]) as gateway:
+        yield gateway.stub
 
 
 def _parameters(**values: Any) -> struct_pb2.Struct:
@@ -350,7 +333,8 @@ async def test_broken_whole_answers_are_unavailable(stub: pb_grpc.AIPlatformServ
 
 async def test_wrong_key_is_the_gateways_configuration_and_never_leaks(fake_openai: FakeOpenAI) -> None:
     wrong_key = "sk-wrong-key-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-    async with _serving(_service(fake_openai, api_key=wrong_key)) as stub:
+    async with gateway_for(services=[_service(fake_openai, api_key=wrong_key)]) as gateway:
+        stub = gateway.stub
         _, stream_error = await collect(stub.StreamChat(_stream_request()))
         unary_error = await _unary_error(stub.Chat(_chat_request()))
     for error in (stream_error, unary_error):
@@ -362,7 +346,8 @@ async def test_wrong_key_is_the_gateways_configuration_and_never_leaks(fake_open
 
 
 async def test_without_a_key_the_service_is_not_ready(fake_openai: FakeOpenAI) -> None:
-    async with _serving(_service(fake_openai, api_key=None)) as stub:
+    async with gateway_for(services=[_service(fake_openai, api_key=None)]) as gateway:
+        stub = gateway.stub
         (info,) = (await stub.ListServices(pb.ListServicesRequest())).services
         _, error = await collect(stub.StreamChat(_stream_request()))
     assert (info.name, info.provider, info.ready) == ("openai", "openai", False)
@@ -375,7 +360,8 @@ async def test_without_a_key_the_service_is_not_ready(fake_openai: FakeOpenAI) -
 async def test_unreachable_upstream_is_unavailable(fake_openai: FakeOpenAI) -> None:
     service = _service(fake_openai)
     await fake_openai.stop()  # nothing listens on its port any more
-    async with _serving(service) as stub:
+    async with gateway_for(services=[service]) as gateway:
+        stub = gateway.stub
         _, error = await collect(stub.StreamChat(_stream_request()))
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
 

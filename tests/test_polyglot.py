@@ -14,10 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from clients import AsyncAIPlatformClient
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway_process import GatewayProcess
@@ -108,7 +105,6 @@ async def _python_client(gateway: GatewayProcess) -> None:
         answer = await client.chat("echo", [{"role": "user", "content": "from Python"}])
     assert answer.content == "from Python"
     # The id comes back in the initial metadata, to any gRPC caller.
-    async with grpc.aio.insecure_channel(gateway.target) as channel:
-        call = pb_grpc.AIPlatformServiceStub(channel).ListServices(pb.ListServicesRequest())
-        await call
-        assert len(dict(await call.initial_metadata())["x-request-id"]) == 32
+    call = gateway.stub.ListServices(pb.ListServicesRequest())
+    await call
+    assert len(dict(await call.initial_metadata())["x-request-id"]) == 32

@@ -7,12 +7,9 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import start_server
 from server.settings import CozeSettings, OpenAISettings
 from tests.conftest import make_settings
 from tests.fakes import coze as fake_coze_module
@@ -20,6 +17,7 @@ from tests.fakes import openai as fake_openai_module
 from tests.fakes.coze import FakeCoze
 from tests.fakes.openai import FakeOpenAI
 from tests.gateway_process import gateway_env, running_gateway
+from tests.harness import gateway_for
 
 QUESTION = "What day is it?"
 
@@ -49,16 +47,11 @@ async def test_the_same_stream_chat_call_works_against_every_chat_provider(
     settings.openai = OpenAISettings(
         _env_file=None, api_key=fake_openai.api_key, base_url=fake_openai.base_url, default_model="gpt-fake"
     )
-    server = await start_server(settings)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.AIPlatformServiceStub(channel)
-            request = pb.StreamChatRequest(
-                service_name=service_name, messages=[pb.ChatMessage(role="user", content=QUESTION)], user_id="u-1"
-            )
-            responses = [response async for response in stub.StreamChat(request)]
-    finally:
-        await server.stop(0)
+    async with gateway_for(settings) as gateway:
+        request = pb.StreamChatRequest(
+            service_name=service_name, messages=[pb.ChatMessage(role="user", content=QUESTION)], user_id="u-1"
+        )
+        responses = [response async for response in gateway.stub.StreamChat(request)]
     assert len(responses) > 2
     assert "".join(response.delta for response in responses) == answer
     assert responses[-1].finish_reason == pb.FINISH_REASON_STOP
@@ -107,25 +100,23 @@ async def test_a_toml_file_of_three_services_of_two_providers(
         )
         env.pop("NOT_SET_ANYWHERE", None)
         async with running_gateway(env, tmp_path) as started:
-            process, port = started.process, started.port
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.AIPlatformServiceStub(channel)
-                listed = {s.name: s for s in (await stub.ListServices(pb.ListServicesRequest())).services}
-                assert {
-                    name: (s.provider, s.ready)
-                    for name, s in listed.items()
-                    if name in ("deepseek", "qwen", "coze_support", "unconfigured")
-                } == {
-                    "deepseek": ("openai", True),
-                    "qwen": ("openai", True),
-                    "coze_support": ("coze", True),
-                    "unconfigured": ("openai", False),
-                }
-                assert "NOT_SET_ANYWHERE" in listed["unconfigured"].not_ready_reason
-                for name in ("deepseek", "qwen", "qwen", "coze_support"):
-                    await stub.Chat(
-                        pb.ChatRequest(service_name=name, messages=[pb.ChatMessage(role="user", content="hi")])
-                    )
+            process = started.process
+            stub = started.stub
+            listed = {s.name: s for s in (await stub.ListServices(pb.ListServicesRequest())).services}
+            assert {
+                name: (s.provider, s.ready)
+                for name, s in listed.items()
+                if name in ("deepseek", "qwen", "coze_support", "unconfigured")
+            } == {
+                "deepseek": ("openai", True),
+                "qwen": ("openai", True),
+                "coze_support": ("coze", True),
+                "unconfigured": ("openai", False),
+            }
+            assert "NOT_SET_ANYWHERE" in listed["unconfigured"].not_ready_reason
+            for name in ("deepseek", "qwen", "qwen", "coze_support"):
+                await stub.Chat(pb.ChatRequest(service_name=name, messages=[pb.ChatMessage(role="user", content="hi")]))
+            await started.close_channel()
             process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(process.wait(), 10) == 0
     # Each service reached only its own upstream, with its own key and default.

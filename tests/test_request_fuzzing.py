@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import GatewayServer, start_server
-from tests.conftest import make_settings
+from server.app import GatewayServer
 from tests.fakes.coze import FakeCoze
+from tests.harness import gateway_for
 
 #: Every status a request may end with. INTERNAL (a bug) and DEADLINE_EXCEEDED (a hang) are not here.
 DEFINED = {
@@ -44,8 +44,12 @@ class _BackgroundGateway:
         self._thread.start()
         self.fake = FakeCoze()
         self._run(self.fake.start())
-        settings = make_settings(self.fake, max_messages=8, max_message_bytes=2048, max_parameters_bytes=1024)
-        self.server: GatewayServer = self._run(start_server(settings))
+        # The harness's gateway, entered on the background loop; the tests call it through a blocking
+        # channel of their own (hypothesis runs them synchronously).
+        self._gateway = gateway_for(
+            fake_coze=self.fake, max_messages=8, max_message_bytes=2048, max_parameters_bytes=1024
+        )
+        self.server: GatewayServer = self._run(self._gateway.__aenter__()).server
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
         self.stub = pb_grpc.AIPlatformServiceStub(self.channel)
 
@@ -54,7 +58,7 @@ class _BackgroundGateway:
 
     def close(self) -> None:
         self.channel.close()
-        self._run(self.server.stop(0))
+        self._run(self._gateway.__aexit__(None, None, None))
         self._run(self.fake.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

@@ -13,9 +13,8 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import ChatEvent, ChatInput, ChatService, TextDelta
 from providers.echo import EchoChatService
-from providers.registry import ServiceRegistry
-from server.app import start_server
-from tests.conftest import error_details, make_settings
+from tests.conftest import error_details
+from tests.harness import gateway_for
 
 Call = Callable[[pb_grpc.AIPlatformServiceStub, Any], Awaitable[object]]
 
@@ -140,12 +139,8 @@ async def test_unknown_service_is_not_found(stub: pb_grpc.AIPlatformServiceStub,
 @pytest.fixture
 async def unconfigured_stub() -> AsyncIterator[pb_grpc.AIPlatformServiceStub]:
     """A gateway with no COZE_API_TOKEN."""
-    server = await start_server(make_settings(None))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield pb_grpc.AIPlatformServiceStub(channel)
-    finally:
-        await server.stop(0)
+    async with gateway_for() as gateway:
+        yield gateway.stub
 
 
 @pytest.mark.parametrize(
@@ -179,39 +174,28 @@ class _BrokenChatService(ChatService):
 
 
 async def test_unexpected_errors_become_internal_without_their_text() -> None:
-    registry = ServiceRegistry([_BrokenChatService("broken", "test"), EchoChatService()])
-    server = await start_server(make_settings(None), registry)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.AIPlatformServiceStub(channel)
-            for call in (_unary_chat, _stream_chat):
-                error = await _expect(call, stub, {"service_name": "broken", "messages": HI})
-                assert error.code() == grpc.StatusCode.INTERNAL
-                assert "pat_secret" not in (error.details() or "")
-                assert "boom" not in (error.details() or "")
-                assert "error id" in (error.details() or "")
-            # The server keeps serving after the failure.
-            answer = await stub.Chat(pb.ChatRequest(service_name="echo", messages=HI))
-            assert answer.content == "hi"
-    finally:
-        await server.stop(0)
+    async with gateway_for(services=[_BrokenChatService("broken", "test"), EchoChatService()]) as gateway:
+        stub = gateway.stub
+        for call in (_unary_chat, _stream_chat):
+            error = await _expect(call, stub, {"service_name": "broken", "messages": HI})
+            assert error.code() == grpc.StatusCode.INTERNAL
+            assert "pat_secret" not in (error.details() or "")
+            assert "boom" not in (error.details() or "")
+            assert "error id" in (error.details() or "")
+        # The server keeps serving after the failure.
+        answer = await stub.Chat(pb.ChatRequest(service_name="echo", messages=HI))
+        assert answer.content == "hi"
 
 
 async def test_a_stream_that_fails_part_way_delivers_its_chunks_then_a_non_ok_status() -> None:
-    server = await start_server(make_settings(None), ServiceRegistry([_BrokenChatService("broken", "test")]))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(
-                pb.StreamChatRequest(service_name="broken", messages=HI)
-            )
-            received = []
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                async for response in call:
-                    received.append(response.delta)
-            assert received == ["partial"]
-            assert raised.value.code() == grpc.StatusCode.INTERNAL
-    finally:
-        await server.stop(0)
+    async with gateway_for(services=[_BrokenChatService("broken", "test")]) as gateway:
+        call = gateway.stub.StreamChat(pb.StreamChatRequest(service_name="broken", messages=HI))
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for response in call:
+                received.append(response.delta)
+        assert received == ["partial"]
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
 
 
 @pytest.mark.parametrize(("rpc", "streaming"), [("Chat", False), ("StreamChat", True), ("ListServices", False)])

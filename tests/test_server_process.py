@@ -13,13 +13,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import GC_THRESHOLDS, GatewayServer
+from server.app import GC_THRESHOLDS
 from tests.conftest import error_details
 from tests.gateway_process import GatewayProcess, failed_start, gateway_env, running_gateway, start_gateway
+from tests.harness import GatewayUnderTest
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -42,25 +42,25 @@ def _slow_echo(words: int, delay_ms: int) -> pb.StreamChatRequest:
 async def test_sigterm_lets_in_flight_streams_finish_refuses_new_calls_and_exits_zero(
     gateway_process: GatewayProcess,
 ) -> None:
-    async with grpc.aio.insecure_channel(gateway_process.target) as channel:
-        stub = pb_grpc.AIPlatformServiceStub(channel)
-        health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs lack the methods
-        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    stub = gateway_process.stub
+    health: Any = gateway_process.health  # its stubs lack the methods
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
-        call = stub.StreamChat(_slow_echo(words=6, delay_ms=150))
-        first = await call.read()
-        gateway_process.process.send_signal(signal.SIGTERM)
+    call = stub.StreamChat(_slow_echo(words=6, delay_ms=150))
+    first = await call.read()
+    gateway_process.process.send_signal(signal.SIGTERM)
 
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.ListServices(pb.ListServicesRequest(), timeout=2)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ListServices(pb.ListServicesRequest(), timeout=2)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        rest = await _read_rest(call)
-        assert "".join(response.delta for response in [first, *rest]) == " ".join(f"w{i}" for i in range(6))
-        assert rest[-1].finish_reason == pb.FINISH_REASON_STOP
-        assert await call.code() == grpc.StatusCode.OK
+    rest = await _read_rest(call)
+    assert "".join(response.delta for response in [first, *rest]) == " ".join(f"w{i}" for i in range(6))
+    assert rest[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert await call.code() == grpc.StatusCode.OK
+    await gateway_process.close_channel()
     assert await asyncio.wait_for(gateway_process.process.wait(), 10) == 0
 
 
@@ -71,18 +71,18 @@ async def test_streams_still_running_when_the_grace_period_ends_are_cut_with_one
     assert started.process.stdout is not None
     # Read the log as it is written, so a full pipe can never block the gateway.
     log_read = asyncio.create_task(started.process.stdout.read())
-    async with grpc.aio.insecure_channel(started.target) as channel:
-        stub = pb_grpc.AIPlatformServiceStub(channel)
-        calls = [stub.StreamChat(_slow_echo(words=50, delay_ms=100)) for _ in range(3)]
-        for call in calls:
-            await call.read()
-        started.process.send_signal(signal.SIGTERM)
-        for call in calls:
-            with pytest.raises(grpc.aio.AioRpcError) as cut:
-                await _read_rest(call)
-            # Not OK, and retryable elsewhere: the gateway ended the call itself.
-            assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert error_details(cut.value)["ErrorInfo"].reason == "SHUTTING_DOWN"  # type: ignore[attr-defined]
+    stub = started.stub
+    calls = [stub.StreamChat(_slow_echo(words=50, delay_ms=100)) for _ in range(3)]
+    for call in calls:
+        await call.read()
+    started.process.send_signal(signal.SIGTERM)
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await _read_rest(call)
+        # Not OK, and retryable elsewhere: the gateway ended the call itself.
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_details(cut.value)["ErrorInfo"].reason == "SHUTTING_DOWN"  # type: ignore[attr-defined]
+    await started.close_channel()
     assert await asyncio.wait_for(started.process.wait(), 10) == 0
     log = (await asyncio.wait_for(log_read, 10)).decode()
     # An expected cancellation is one INFO line per call, not grpc's two tracebacks at ERROR.
@@ -127,7 +127,7 @@ async def test_a_bad_setting_stops_start_up_with_one_clear_line(
     assert message in lines[0]
 
 
-async def test_a_busy_port_stops_start_up_instead_of_sharing_it(gateway: GatewayServer, tmp_path: Path) -> None:
+async def test_a_busy_port_stops_start_up_instead_of_sharing_it(gateway: GatewayUnderTest, tmp_path: Path) -> None:
     code, lines = await failed_start(gateway_env(AIP_ADDRESS=f"127.0.0.1:{gateway.port}"), tmp_path)
     assert code == 1
     assert lines[-1] == (
@@ -139,8 +139,8 @@ async def test_settings_are_read_from_a_dot_env_file(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("AIP_DEMO_SERVICES=false\nCOZE_API_TOKEN=pat_from_dot_env\n")
     started = await start_gateway(gateway_env(), tmp_path)
     try:
-        async with grpc.aio.insecure_channel(started.target) as channel:
-            listed = await pb_grpc.AIPlatformServiceStub(channel).ListServices(pb.ListServicesRequest())
+        listed = await started.stub.ListServices(pb.ListServicesRequest())
+        await started.close_channel()
         assert {service.name: service.ready for service in listed.services} == {
             "coze": True,
             "coze_workflow": True,

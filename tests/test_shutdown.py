@@ -8,27 +8,24 @@ import grpc
 from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from server.app import start_server
-from tests.conftest import make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
+from tests.harness import gateway_for
 
 
 async def test_streams_left_at_the_end_of_the_grace_period_end_unavailable_and_close_upstream(
     fake_coze: FakeCoze,
 ) -> None:
-    server = await start_server(make_settings(fake_coze))
     parameters = struct_pb2.Struct()
     parameters.update({"bot_id": fake.BOT_STALL})
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        call = pb_grpc.AIPlatformServiceStub(channel).StreamChat(
+    async with gateway_for(fake_coze=fake_coze) as gateway:
+        call = gateway.stub.StreamChat(
             pb.StreamChatRequest(
                 service_name="coze", parameters=parameters, messages=[pb.ChatMessage(role="user", content="hi")]
             )
         )
         await call.read()
-        stopping = asyncio.create_task(server.stop(0.3))
+        stopping = asyncio.create_task(gateway.stop(0.3))
         received_more = []
         try:
             while (response := await call.read()) is not grpc.aio.EOF:

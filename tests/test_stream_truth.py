@@ -342,20 +342,20 @@ async def test_a_default_gateway_holds_1024_streams_to_one_service_and_logs_its_
         assert gateway.process.stdout is not None
         # Read the log as it is written, so a full pipe can never block the gateway.
         log_read = asyncio.create_task(gateway.process.stdout.read())
-        async with grpc.aio.insecure_channel(gateway.target) as channel:
-            stub = pb_grpc.AIPlatformServiceStub(channel)
-            calls = [stub.StreamChat(request) for _ in range(1024)]
-            try:
-                # A first word on every stream: each one was admitted and is running.
-                firsts = await asyncio.gather(*(call.read() for call in calls))
-                assert all(first.delta == "word" for first in firsts)
-                for _ in range(2):
-                    _, refused = await collect(stub.StreamChat(request))
-                    assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    assert "limit of 1024 concurrent calls" in (refused.details() or "")
-            finally:
-                for call in calls:
-                    call.cancel()
+        stub = gateway.stub
+        calls = [stub.StreamChat(request) for _ in range(1024)]
+        try:
+            # A first word on every stream: each one was admitted and is running.
+            firsts = await asyncio.gather(*(call.read() for call in calls))
+            assert all(first.delta == "word" for first in firsts)
+            for _ in range(2):
+                _, refused = await collect(stub.StreamChat(request))
+                assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "limit of 1024 concurrent calls" in (refused.details() or "")
+        finally:
+            for call in calls:
+                call.cancel()
+        await gateway.close_channel()
         gateway.process.terminate()
         log = (await asyncio.wait_for(log_read, 30)).decode()
     warnings = [line for line in log.splitlines() if "reached its limit" in line]

@@ -28,14 +28,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import AIService
-from providers.registry import ServiceRegistry
 from server import tracing
-from server.app import start_server
 from server.settings import GatewaySettings
-from tests.conftest import make_settings
 from tests.fakes import openai as fake_openai
 from tests.fakes.upstreams import PROVIDERS, Fault, Upstream, answer, collect, open_upstream, until
 from tests.gateway_process import failed_start, gateway_env, running_gateway
+from tests.harness import gateway_for
 
 PROMPT = "the-prompt-text-that-no-span-may-hold"
 STREAM_CHAT = "aiplatform.v1.AIPlatformService/StreamChat"
@@ -65,13 +63,10 @@ async def traced_gateway(
     """A gateway serving ``service`` (default CallPolicy: 3 attempts) whose spans go to ``exporter``."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = make_settings(None, tracing=tracing_on)
-    server = await start_server(settings, ServiceRegistry([service]), tracer_provider=provider)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield channel
+        async with gateway_for(services=[service], tracer_provider=provider, tracing=tracing_on) as gateway:
+            yield gateway.channel
     finally:
-        await server.stop(0)
         provider.shutdown()
 
 
@@ -467,11 +462,8 @@ async def test_an_otlp_endpoint_turns_tracing_on_and_gets_the_spans(tmp_path: Pa
                 OPENAI_BASE_URL=upstream.fake.base_url,
                 OPENAI_DEFAULT_MODEL=fake_openai.MODEL_NORMAL,
             )
-            async with (
-                running_gateway(env, tmp_path) as process,
-                grpc.aio.insecure_channel(process.target) as channel,
-            ):
-                stub = pb_grpc.AIPlatformServiceStub(channel)
+            async with running_gateway(env, tmp_path) as process:
+                stub = process.stub
                 metadata = (("traceparent", CALLER_TRACEPARENT),)
                 _, error = await collect(stub.StreamChat(_stream_request(upstream), metadata=metadata))
                 assert error is None

@@ -3,7 +3,7 @@
 A `Fault` is named once and mapped to the id that selects it in each fake (a Coze ``bot_id``,
 an OpenAI ``model``). An `Upstream` is a started fake with what the gateway needs to reach it:
 the service to register, and requests that select a fault. `serving` starts a real gateway on a
-free port with the services and CallPolicies a test chooses.
+free port with the services and CallPolicies a test chooses (`tests.harness.gateway_for`).
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ import asyncio
 import contextlib
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import AIService, ChatService
 from providers.coze import CozeChatService, CozeClients
 from providers.guard import CallPolicy
 from providers.openai import OpenAIChatService
 from providers.registry import ServiceRegistry
-from server.app import GatewayServer, start_server
-from tests.conftest import make_settings
 from tests.fakes import coze, openai
 from tests.fakes._server import FakeUpstream
+from tests.harness import GatewayUnderTest, gateway_for
 
 _Message = TypeVar("_Message")
 
@@ -182,27 +179,15 @@ async def open_upstream(provider: str) -> AsyncIterator[Upstream]:
         yield Upstream(provider, fake)
 
 
-@dataclass
-class Gateway:
-    """A started gateway: a stub to it, and its registry (for each service's guard)."""
-
-    stub: pb_grpc.AIPlatformServiceStub
-    registry: ServiceRegistry
-    server: GatewayServer
+#: A started gateway: ``.stub``, ``.registry`` (for each service's guard), ``.server``, ``.target``, ``.channel``.
+Gateway = GatewayUnderTest
 
 
 @contextlib.asynccontextmanager
 async def serving(*services: tuple[AIService, CallPolicy]) -> AsyncIterator[Gateway]:
     """A real gateway on 127.0.0.1 serving ``services``, each under its CallPolicy, and a channel to it."""
-    registry = ServiceRegistry()
-    for service, policy in services:
-        registry.register(service, policy)
-    server = await start_server(make_settings(None), registry)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Gateway(pb_grpc.AIPlatformServiceStub(channel), registry, server)
-    finally:
-        await server.stop(0)
+    async with gateway_for(registry=ServiceRegistry(), services=services) as gateway:
+        yield gateway
 
 
 async def collect(call: AsyncIterable[_Message]) -> tuple[list[_Message], grpc.aio.AioRpcError | None]:
