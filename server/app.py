@@ -25,7 +25,7 @@ from server.memory import release_memory_after_bursts
 from server.metrics import GatewayMetrics, serve_metrics, single_process_registry, write_values_to
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
-from server.settings import GatewaySettings, Settings
+from server.settings import ConfigError, GatewaySettings, Settings
 
 if TYPE_CHECKING:  # server.tracing needs the otel extra: imported only when tracing is on
     from opentelemetry.sdk.trace import TracerProvider
@@ -164,7 +164,14 @@ async def _start_server(
 
     address = gateway.address
     try:
-        port = server.add_insecure_port(address)
+        credentials = gateway.server_credentials()
+    except ConfigError:
+        await registry.aclose()
+        raise
+    try:
+        port = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
     except RuntimeError as error:
         await registry.aclose()
         raise AddressInUse(f"cannot listen on {address}: the address is in use or not available") from error
@@ -172,8 +179,9 @@ async def _start_server(
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     _LOGGER.info(
-        "AI Platform gateway listening on %s (services: %s)",
+        "AI Platform gateway listening on %s with %s (services: %s)",
         _bound(address, port),
+        gateway.transport_security,
         ", ".join(service.name for service in registry.list()),
     )
     releaser = asyncio.create_task(release_memory_after_bursts(calls.take_peak), name="memory-releaser")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import grpc
 import pydantic
 from dotenv import dotenv_values
 from pydantic import (
@@ -56,6 +57,16 @@ def _host_and_port(value: str) -> str:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be host:port, e.g. 127.0.0.1:50051 (got {value!r})")
     return value
+
+
+def _read_pem(path: Path, variable: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{variable} {path}: cannot read the file ({error.strerror})") from error
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{variable} {path}: not a PEM file")
+    return data
 
 
 def _empty_is_unset(value: object) -> object:
@@ -102,6 +113,15 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     metrics_address: str = Field("", description="host:port of the Prometheus /metrics endpoint; off when empty")
+    tls_cert_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, description="PEM certificate chain: serve TLS (with AIP_TLS_KEY_FILE)"
+    )
+    tls_key_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, description="PEM private key of AIP_TLS_CERT_FILE"
+    )
+    tls_client_ca_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, description="PEM CA certificates: require client certificates they signed (mTLS)"
+    )
     tracing: Annotated[bool | None, BeforeValidator(_empty_is_unset)] = Field(
         None, description="OpenTelemetry traces; unset or empty: on when an OTLP endpoint is set (server/tracing.py)"
     )
@@ -157,6 +177,36 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _host_and_port(cls, value: str) -> str:
         return _host_and_port(value)
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("AIP_TLS_CERT_FILE and AIP_TLS_KEY_FILE go together: set both, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("AIP_TLS_CLIENT_CA_FILE needs AIP_TLS_CERT_FILE and AIP_TLS_KEY_FILE (mTLS is TLS first)")
+        return self
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """The TLS credentials to listen with, or None for plain text.
+
+        Raises:
+            ConfigError: a file cannot be read.
+        """
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        cert = _read_pem(self.tls_cert_file, "AIP_TLS_CERT_FILE")
+        key = _read_pem(self.tls_key_file, "AIP_TLS_KEY_FILE")
+        client_ca = _read_pem(self.tls_client_ca_file, "AIP_TLS_CLIENT_CA_FILE") if self.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    @property
+    def transport_security(self) -> str:
+        """How the gateway listens, for its start-up line: "mTLS", "TLS" or "plaintext"."""
+        if self.tls_client_ca_file is not None:
+            return "mTLS"
+        return "TLS" if self.tls_cert_file is not None else "plaintext"
 
     @field_validator("metrics_address")
     @classmethod

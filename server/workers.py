@@ -27,7 +27,9 @@ _LOGGER = logging.getLogger(__name__)
 
 def run_workers(settings: Settings) -> int:
     """Fork ``settings.gateway.workers`` workers on one port, supervise them, return the exit code."""
-    check_providers(settings)  # a configuration error is one line from the parent, not N tracebacks
+    # A configuration error is one line from the parent, not N tracebacks.
+    check_providers(settings)
+    settings.gateway.server_credentials()
     host, _, port = settings.gateway.address.rpartition(":")
     with _reserved_port(host, int(port)) as bound_port, _summed_metrics(settings) as metrics_directory:
         address = f"{host}:{bound_port}"

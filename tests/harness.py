@@ -76,6 +76,7 @@ async def gateway_for(
     fake_coze: FakeCoze | None = None,
     grace: float | None = 0,
     channel_options: Sequence[tuple[str, Any]] = (),
+    channel_credentials: grpc.ChannelCredentials | None = None,
     tracer_provider: TracerProvider | None = None,
     **gateway_settings: Any,
 ) -> AsyncIterator[GatewayUnderTest]:
@@ -85,6 +86,7 @@ async def gateway_for(
     with its CallPolicy) are registered in ``registry`` (a new one when not given); with neither, the
     gateway builds its registry from the settings, as `python -m server` does. At the end the channel
     is closed, then the server stopped with ``grace`` (unless the test stopped it with `GatewayUnderTest.stop`).
+    ``channel_credentials`` make the channel a TLS one (for a gateway serving TLS).
     """
     if settings is None:
         settings = make_settings(fake_coze, **gateway_settings)
@@ -101,7 +103,13 @@ async def gateway_for(
     server = await start_server(settings, registry, tracer_provider=tracer_provider)
     started: GatewayUnderTest | None = None
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=list(channel_options)) as channel:
+        target, options = f"127.0.0.1:{server.port}", list(channel_options)
+        channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if channel_credentials is None
+            else grpc.aio.secure_channel(target, channel_credentials, options=options)
+        )
+        async with channel:
             started = GatewayUnderTest(server, channel)
             yield started
     finally:
