@@ -31,13 +31,4 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo > /dev/null || { echo "setup-go: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
-    sudo=(sudo)
-fi
-echo "setup-go: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt_get=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 -y -q --no-install-recommends)
-# A fresh CI image may have no package lists yet; update only when an install cannot find one.
-"${apt_get[@]}" install "${missing[@]}" || { "${apt_get[@]}" update && "${apt_get[@]}" install "${missing[@]}"; }
+"$(dirname "$0")/apt-install" setup-go "${missing[@]}"

@@ -20,20 +20,7 @@ if [ "${missing[*]}" = "npm" ]; then
     exit 1
 fi
 if [ ${#missing[@]} -gt 0 ]; then
-    command -v apt-get > /dev/null || {
-        echo "setup-node: no apt-get: install Node.js >= $MIN_NODE_MAJOR and npm yourself" >&2
-        exit 1
-    }
-    sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo > /dev/null || { echo "setup-node: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
-        sudo=(sudo)
-    fi
-    echo "setup-node: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt_get=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 -y -q --no-install-recommends)
-    # A fresh CI image may have no package lists yet; update only when an install cannot find one.
-    "${apt_get[@]}" install "${missing[@]}" || { "${apt_get[@]}" update && "${apt_get[@]}" install "${missing[@]}"; }
+    .ci/apt-install setup-node "${missing[@]}"
 fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]')
