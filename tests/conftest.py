@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake Coze upstream, and a real gateway with a channel and stub to it (tests/harness.py)."""
+"""Shared fixtures: a fake Coze upstream, a real gateway with a channel and stub to it (tests/harness.py), a Redis."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from server.settings import Settings
 from tests.fakes.coze import FakeCoze
 from tests.harness import GatewayUnderTest, gateway_for, make_settings
+from tests.redis_server import RedisServer, running_redis
 
 #: The prefixes of the variables the gateway reads (OTEL_*: the OpenTelemetry SDK, and whether tracing is on).
 ENVIRONMENT_PREFIXES = ("AIP_", "COZE_", "OPENAI_", "OTEL_")
@@ -31,6 +32,16 @@ async def fake_coze() -> AsyncIterator[FakeCoze]:
     """A fake Coze Open API on 127.0.0.1."""
     async with FakeCoze() as fake:
         yield fake
+
+
+@pytest.fixture
+async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own on 127.0.0.1 (``.url``, ``stop()``, ``start()``; tests/redis_server.py).
+
+    Skips when redis-server is not installed, and fails instead in CI (AIP_CI set).
+    """
+    async with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
