@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import AIService, ParameterSpec
-from providers.guard import CallPolicy
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ _LOGGER = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "aiplatform.providers"
 
 #: Where a service goes when its configuration names no base URL.
-#: Calls of one service in flight at once, by default. One process holds 5,000 streams in
-#: under 500 MB (benchmarks/RESULTS.md), so this refuses only what is surely a runaway; like
-#: Envoy's default per-cluster limit of 1,024 requests.
-DEFAULT_MAX_CONCURRENT_CALLS = 1024
 DEFAULT_COZE_BASE_URL = "https://api.coze.cn"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -49,34 +45,13 @@ class ServiceConfig:
     default_bot_id: str = ""
     default_workflow_id: str = ""
     default_model: str = ""
-    connect_timeout: float = 5.0
-    #: Seconds to the first event, between two events, and for the whole call (None: no limit).
-    first_token_timeout: float | None = 120.0
-    idle_timeout: float | None = 120.0
-    total_timeout: float | None = 600.0
-    #: Attempts for a transient failure the upstream did no work for (1: no retry).
-    max_attempts: int = 3
-    #: Calls of this service in flight at once; more are refused (None: no limit).
-    max_concurrent_calls: int | None = DEFAULT_MAX_CONCURRENT_CALLS
+    #: Timeouts, retries and the concurrency cap: the guard applies them to every call; a provider
+    #: gives its HTTP client ``connect_timeout_seconds``, and ``idle_timeout_seconds`` as read timeout.
+    limits: ServiceLimits = DEFAULT_LIMITS
     #: Provider-specific settings from the config file's ``options`` table (for plugins).
     options: Mapping[str, Any] = field(default_factory=dict)
     #: A workflow service's input parameters, when the configuration declares them.
     inputs: tuple[ParameterSpec, ...] = ()
-
-    @property
-    def read_timeout(self) -> float:
-        """The HTTP read timeout: a socket-level backstop for the idle timeout."""
-        return self.idle_timeout or 3600.0
-
-    def call_policy(self) -> CallPolicy:
-        """How the gateway guards this service's calls."""
-        return CallPolicy(
-            first_event_timeout=self.first_token_timeout,
-            idle_timeout=self.idle_timeout,
-            total_timeout=self.total_timeout,
-            max_attempts=self.max_attempts,
-            max_concurrency=self.max_concurrent_calls,
-        )
 
     def missing_key_reason(self) -> str:
         """Why the service is not ready when it has no key; names the variable to set."""
@@ -102,13 +77,14 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
     def clients_for(config: ServiceConfig) -> CozeClients | None:
         if config.api_key is None:
             return None
-        key = (config.api_key, config.base_url, config.connect_timeout, config.read_timeout)
+        limits = config.limits
+        key = (config.api_key, config.base_url, limits.connect_timeout_seconds, limits.idle_timeout_seconds)
         if key not in coze_clients:
             coze_clients[key] = CozeClients(
                 token=config.api_key,
                 base_url=config.base_url or DEFAULT_COZE_BASE_URL,
-                connect_timeout=config.connect_timeout,
-                read_timeout=config.read_timeout,
+                connect_timeout_seconds=limits.connect_timeout_seconds,
+                read_timeout_seconds=limits.idle_timeout_seconds,
             )
         return coze_clients[key]
 
@@ -137,8 +113,8 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
             base_url=config.base_url or DEFAULT_OPENAI_BASE_URL,
             api_key=config.api_key,
             default_model=config.default_model,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
+            connect_timeout_seconds=config.limits.connect_timeout_seconds,
+            read_timeout_seconds=config.limits.idle_timeout_seconds,
             description=config.description,
             missing_key_reason=config.missing_key_reason(),
         )

@@ -63,6 +63,7 @@ from providers.errors import (
     quote_input,
 )
 from providers.http import UpstreamCall, body_chunks, tracked_client_options, upstream_call
+from providers.limits import DEFAULT_LIMITS
 from providers.sse import ServerSentEvent, iter_sse
 
 warnings.filterwarnings("ignore", message=r"authlib\.jose module is deprecated")
@@ -119,14 +120,18 @@ class CozeClients:
         *,
         token: str,
         base_url: str,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 120.0,
+        connect_timeout_seconds: float = DEFAULT_LIMITS.connect_timeout_seconds,
+        read_timeout_seconds: float = DEFAULT_LIMITS.idle_timeout_seconds,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         # cozepy's own client subclass; its 600 s defaults are replaced by ours.
         self.http = _CozeHTTPClient(
-            **tracked_client_options(base_url=self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+            **tracked_client_options(
+                base_url=self.base_url,
+                connect_timeout_seconds=connect_timeout_seconds,
+                read_timeout_seconds=read_timeout_seconds,
+            )
         )
         self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
         # Strong references to fire-and-forget calls (the event loop keeps only weak

@@ -2,8 +2,9 @@
 
 A guard wraps one call to a service:
 
-- **Timeouts.** Time to the first event, the longest silence between two events,
-  and the whole call, each optional. A timeout cancels the provider's pending
+- **Timeouts.** Time to the first event (``first_token_timeout_seconds``), the
+  longest silence between two events (``idle_timeout_seconds``), and the whole
+  call (``total_timeout_seconds``). A timeout cancels the provider's pending
   read, which closes its upstream request, and ends the call with UpstreamTimeout.
 - **Retries, only where the upstream did no work.** A failure is retried only when
   it is transient *and* the upstream provably did not start on the request
@@ -13,9 +14,11 @@ A guard wraps one call to a service:
   request the upstream started (a Coze chat it created, a workflow that may have
   side effects, a stream that broke) is never sent again: that would run, and
   bill, the work twice, and the caller could get text twice.
-- **Load shedding.** At most ``max_concurrency`` calls of a service run at once;
+- **Load shedding.** At most ``max_concurrent_calls`` calls of a service run at once;
   one more is refused at once with Overloaded instead of queueing without bound,
   and the first refusal of a service is logged once, so an operator sees the cap.
+
+The limits are the service's ``ServiceLimits`` (``providers/limits.py``), under their settings' names.
 """
 
 from __future__ import annotations
@@ -30,32 +33,31 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from providers.errors import Overloaded, UpstreamError, UpstreamRateLimited, UpstreamTimeout
+from providers.limits import ServiceLimits
 
 _T = TypeVar("_T")
 _LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class CallPolicy:
-    """How one service's calls are guarded; None disables a limit."""
+class Backoff:
+    """How the guard spaces retries: not a setting, but tests shorten it."""
 
-    first_event_timeout: float | None = None
-    idle_timeout: float | None = None
-    total_timeout: float | None = None
-    max_attempts: int = 3
-    backoff_initial: float = 0.1
-    backoff_max: float = 2.0
+    #: The first retry waits a random time up to this (full jitter); the bound doubles for each next one,
+    initial_seconds: float = 0.1
+    #: up to this.
+    max_seconds: float = 2.0
     #: A 429 is retried only when the upstream asks to wait no longer than this.
-    max_retry_after: float = 2.0
-    max_concurrency: int | None = None
+    max_retry_after_seconds: float = 2.0
 
 
 class CallGuard:
-    """Applies one service's CallPolicy to its calls."""
+    """Applies one service's limits to its calls."""
 
-    def __init__(self, service_name: str, policy: CallPolicy) -> None:
+    def __init__(self, service_name: str, limits: ServiceLimits, backoff: Backoff | None = None) -> None:
         self._service_name = service_name
-        self._policy = policy
+        self._limits = limits
+        self._backoff = backoff or Backoff()
         self._running = 0
         self._refused_before = False
 
@@ -67,12 +69,14 @@ class CallGuard:
     async def stream(
         self, open_stream: Callable[[], AsyncGenerator[_T, None]], deadline: float | None
     ) -> AsyncGenerator[_T, None]:
-        """Yield ``open_stream()``'s events under the policy; ``deadline`` is on time.monotonic()."""
-        policy = self._policy
+        """Yield ``open_stream()``'s events under the limits; ``deadline`` is on time.monotonic()."""
+        limits = self._limits
         with self._slot():
             # grpc itself cancels the call at the caller's deadline; it matters here for retries.
-            retry_deadline = _Limit(deadline, "").sooner(policy.total_timeout, "").at
-            watchdog = _Watchdog(policy.first_event_timeout, policy.idle_timeout, policy.total_timeout)
+            retry_deadline = _Limit(deadline, "").sooner(limits.total_timeout_seconds, "").at
+            watchdog = _Watchdog(
+                limits.first_token_timeout_seconds, limits.idle_timeout_seconds, limits.total_timeout_seconds
+            )
             attempt = 1
             try:
                 while True:
@@ -107,15 +111,15 @@ class CallGuard:
                 watchdog.close()
 
     async def call(self, run: Callable[[], Awaitable[_T]], deadline: float | None) -> _T:
-        """Await ``run()`` under the policy; for a unary call the whole answer is the first event."""
-        policy = self._policy
+        """Await ``run()`` under the limits; for a unary call the whole answer is the first event."""
+        limits = self._limits
         with self._slot():
-            total = _Limit(None, "").sooner(policy.total_timeout, "the whole call")
+            total = _Limit(None, "").sooner(limits.total_timeout_seconds, "the whole call")
             retry_deadline = total.sooner_at(deadline, "").at
             attempt = 1
             while True:
                 try:
-                    return await total.sooner(policy.first_event_timeout, "the answer").bound(run())
+                    return await total.sooner(limits.first_token_timeout_seconds, "the answer").bound(run())
                 except UpstreamError as error:
                     delay = self._retry_delay(error, attempt, retry_deadline)
                     if delay is None:
@@ -125,24 +129,24 @@ class CallGuard:
 
     def _retry_delay(self, error: UpstreamError, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None when the failure must be reported."""
-        policy = self._policy
-        if attempt >= policy.max_attempts or not (error.transient and error.unprocessed):
+        backoff = self._backoff
+        if attempt >= self._limits.max_attempts or not (error.transient and error.unprocessed):
             return None
         if isinstance(error, UpstreamRateLimited):
-            if error.retry_after_seconds is None or error.retry_after_seconds > policy.max_retry_after:
+            if error.retry_after_seconds is None or error.retry_after_seconds > backoff.max_retry_after_seconds:
                 return None
             delay = error.retry_after_seconds
         else:
             # Exponential backoff with full jitter, so retries from many callers spread out.
-            delay = random.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1)))
+            delay = random.uniform(0, min(backoff.max_seconds, backoff.initial_seconds * 2 ** (attempt - 1)))
         if deadline is not None and time.monotonic() + delay >= deadline:
             return None
         return delay
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
-        limit = self._policy.max_concurrency
-        if limit is not None and self._running >= limit:
+        limit = self._limits.max_concurrent_calls
+        if self._running >= limit:
             if not self._refused_before:
                 # Once per service and process: refusals can come by the thousand a second.
                 self._refused_before = True
@@ -240,6 +244,12 @@ class _Watchdog:
             raise _timeout(self._expired)
         self._since = self._loop.time()
         if self._handle is None:
+            self._arm()
+        elif self._waits == 1:
+            # The first event came: the timer is still set for the first-event limit, which may be
+            # later than this wait's idle one. Later waits only move the limit later, so the timer
+            # then wakes up early and re-arms.
+            self._handle.cancel()
             self._arm()
 
     def end_wait(self) -> None:

@@ -184,17 +184,19 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
 
-def tracked_client_options(*, base_url: str, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
+def tracked_client_options(
+    *, base_url: str, connect_timeout_seconds: float, read_timeout_seconds: float
+) -> dict[str, Any]:
     """Keyword arguments for an ``httpx.AsyncClient`` (or subclass) for ``base_url`` whose responses are tracked.
 
-    ``read_timeout`` bounds each wait for the next bytes, i.e. the silence
+    ``read_timeout_seconds`` bounds each wait for the next bytes, i.e. the silence
     tolerated between two chunks of a stream; the caller's gRPC deadline bounds
     the whole call. With a transport of its own, httpx ignores the environment's
     proxy settings, so the transport is given the proxy they name for ``base_url``.
     """
     proxy = _environment_proxy(base_url)
     return {
-        "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
+        "timeout": httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
         # httpx's API on aiohttp's engine: the same calls at about 60 % of httpcore's CPU per
         # streamed token (benchmarks/RESULTS.md). No pool cap of its own (0 = none for
         # aiohttp): the service's max_concurrent_calls (providers/guard.py) is the limit,
@@ -208,10 +210,12 @@ def tracked_client_options(*, base_url: str, connect_timeout: float, read_timeou
     }
 
 
-def upstream_session(*, base_url: str, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+def upstream_session(
+    *, base_url: str, connect_timeout_seconds: float, read_timeout_seconds: float
+) -> aiohttp.ClientSession:
     """A pooled aiohttp session for one provider's upstream; create it inside the event loop that uses it.
 
-    ``read_timeout`` bounds each wait for the next bytes (the silence tolerated between
+    ``read_timeout_seconds`` bounds each wait for the next bytes (the silence tolerated between
     two chunks of a stream); the caller's gRPC deadline bounds the whole call. Like the
     httpx clients, it goes through the proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` name for
     ``base_url`` unless ``NO_PROXY`` exempts its host, decided once here rather than per request.
@@ -223,7 +227,7 @@ def upstream_session(*, base_url: str, connect_timeout: float, read_timeout: flo
         # The trust store of the httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), so
         # every provider verifies upstreams the same way.
         connector=aiohttp.TCPConnector(limit=0, ssl=httpx.create_ssl_context()),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=read_timeout_seconds),
         # One session serves every caller: a cookie one upstream answer sets must not
         # ride along on everybody's later calls.
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -47,6 +47,7 @@ from providers.errors import (
     connection_failed,
 )
 from providers.http import received_chunks, upstream_session
+from providers.limits import DEFAULT_LIMITS
 from providers.sse import ServerSentEvent, iter_sse
 
 PROVIDER = "openai"
@@ -113,8 +114,8 @@ class OpenAIChatService(ChatService):
         base_url: str,
         api_key: str | None,
         default_model: str = "",
-        connect_timeout: float = 5.0,
-        read_timeout: float = 120.0,
+        connect_timeout_seconds: float = DEFAULT_LIMITS.connect_timeout_seconds,
+        read_timeout_seconds: float = DEFAULT_LIMITS.idle_timeout_seconds,
         description: str = "",
         missing_key_reason: str = "no API key is configured",
     ) -> None:
@@ -129,8 +130,8 @@ class OpenAIChatService(ChatService):
         self._missing_key_reason = missing_key_reason
         self._headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         self._default_model = default_model
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        self._connect_timeout_seconds = connect_timeout_seconds
+        self._read_timeout_seconds = read_timeout_seconds
         # One session per service: its pool keeps TLS connections to the upstream warm.
         self._session: aiohttp.ClientSession | None = None
 
@@ -149,7 +150,9 @@ class OpenAIChatService(ChatService):
         # Made on first use: an aiohttp session belongs to the event loop that runs the calls.
         if self._session is None:
             self._session = upstream_session(
-                base_url=self._url, connect_timeout=self._connect_timeout, read_timeout=self._read_timeout
+                base_url=self._url,
+                connect_timeout_seconds=self._connect_timeout_seconds,
+                read_timeout_seconds=self._read_timeout_seconds,
             )
         return self._session
 

@@ -7,7 +7,8 @@ from typing import TypeVar
 
 from providers.base import AIService, ChatService, WorkflowService
 from providers.errors import InvalidRequest, ServiceNotFound, ServiceNotReady, quote_input
-from providers.guard import CallGuard, CallPolicy
+from providers.guard import Backoff, CallGuard
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 
 _ServiceT = TypeVar("_ServiceT", bound=AIService)
 
@@ -21,12 +22,14 @@ class ServiceRegistry:
         for service in services:
             self.register(service)
 
-    def register(self, service: AIService, policy: CallPolicy | None = None) -> None:
-        """Add a service and how its calls are guarded; names are unique."""
+    def register(
+        self, service: AIService, limits: ServiceLimits = DEFAULT_LIMITS, backoff: Backoff | None = None
+    ) -> None:
+        """Add a service and the limits its calls are guarded by; names are unique."""
         if service.name in self._services:
             raise ValueError(f"a service named {service.name!r} is already registered")
         self._services[service.name] = service
-        self._guards[service.name] = CallGuard(service.name, policy or CallPolicy())
+        self._guards[service.name] = CallGuard(service.name, limits, backoff)
 
     def guard(self, service: AIService) -> CallGuard:
         """The guard of ``service``'s calls."""

@@ -17,7 +17,7 @@ def build_registry(settings: Settings, catalog: ProviderCatalog | None = None) -
     registry = ServiceRegistry()
     try:
         for config in settings.service_configs():
-            registry.register(catalog.build(config), config.call_policy())
+            registry.register(catalog.build(config), config.limits)
     except UnknownProvider as error:
         raise ConfigError(f"AIP_CONFIG: {error}") from error
     return registry

@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,12 +35,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from providers.base import ParameterSpec
-from providers.catalog import (
-    DEFAULT_COZE_BASE_URL,
-    DEFAULT_MAX_CONCURRENT_CALLS,
-    DEFAULT_OPENAI_BASE_URL,
-    ServiceConfig,
-)
+from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _LOG_FORMATS = ("text", "json")
@@ -79,19 +76,8 @@ HttpURL = Annotated[str, AfterValidator(_http_url)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 
-# The per-service limits: ServiceConfig's name -> the setting's name (AIP_* and in the config file).
-_LIMIT_SETTINGS = {
-    "connect_timeout": "connect_timeout_seconds",
-    "first_token_timeout": "first_token_timeout_seconds",
-    "idle_timeout": "idle_timeout_seconds",
-    "total_timeout": "total_timeout_seconds",
-    "max_attempts": "max_attempts",
-    "max_concurrent_calls": "max_concurrent_calls",
-}
-
-
-def _limits(settings: BaseModel) -> dict[str, Any]:
-    return {key: getattr(settings, name) for key, name in _LIMIT_SETTINGS.items()}
+#: The names of the per-service limits: fields of GatewaySettings (every service's) and of ServiceEntry (one's).
+_LIMIT_NAMES = tuple(limit.name for limit in fields(ServiceLimits))
 
 
 class GatewaySettings(BaseSettings):
@@ -135,16 +121,14 @@ class GatewaySettings(BaseSettings):
     traces_exporter: str = Field(
         "otlp", validation_alias="OTEL_TRACES_EXPORTER", description="otlp, or console: spans as JSON on stdout"
     )
-    connect_timeout_seconds: float = Field(5.0, gt=0, description="connecting to an upstream (TCP and TLS)")
-    first_token_timeout_seconds: float = Field(120.0, gt=0, description="from the call to the upstream's first event")
-    idle_timeout_seconds: float = Field(120.0, gt=0, description="the longest silence between two upstream events")
-    total_timeout_seconds: float = Field(600.0, gt=0, description="the whole upstream call")
-    max_attempts: int = Field(
-        3, ge=1, le=10, description="attempts for a transient failure the upstream did no work for"
-    )
-    max_concurrent_calls: int = Field(
-        DEFAULT_MAX_CONCURRENT_CALLS, ge=1, description="calls in flight per service; more are refused (README: sizing)"
-    )
+    # Every service's limits (a config-file service may set its own): ServiceLimits declares their
+    # names, defaults and meanings (providers/limits.py); these fields add the bounds a setting must keep.
+    connect_timeout_seconds: float = Field(DEFAULT_LIMITS.connect_timeout_seconds, gt=0)
+    first_token_timeout_seconds: float = Field(DEFAULT_LIMITS.first_token_timeout_seconds, gt=0)
+    idle_timeout_seconds: float = Field(DEFAULT_LIMITS.idle_timeout_seconds, gt=0)
+    total_timeout_seconds: float = Field(DEFAULT_LIMITS.total_timeout_seconds, gt=0)
+    max_attempts: int = Field(DEFAULT_LIMITS.max_attempts, ge=1, le=10)
+    max_concurrent_calls: int = Field(DEFAULT_LIMITS.max_concurrent_calls, ge=1)
     max_messages: int = Field(100, ge=1, description="messages in one chat request")
     max_message_bytes: int = Field(256 * 1024, ge=1, description="UTF-8 bytes of one message's content")
     max_parameters_bytes: int = Field(64 * 1024, ge=1, description="encoded size of a request's parameters")
@@ -169,9 +153,9 @@ class GatewaySettings(BaseSettings):
         """Whether calls are traced: AIP_TRACING when set, else whether an OTLP endpoint is."""
         return self.tracing if self.tracing is not None else bool(self.otlp_endpoint)
 
-    def service_defaults(self) -> dict[str, Any]:
-        """The per-service limits every service starts from (the config file may override them)."""
-        return _limits(self)
+    def service_limits(self) -> ServiceLimits:
+        """The limits every service starts from (the config file may set a service's own)."""
+        return ServiceLimits(**{name: getattr(self, name) for name in _LIMIT_NAMES})
 
     @field_validator("address")
     @classmethod
@@ -286,6 +270,7 @@ class ServiceEntry(BaseModel):
     default_bot_id: str = ""
     default_workflow_id: str = ""
     default_model: str = ""
+    # This service's own limits, under ServiceLimits' names and GatewaySettings' bounds; unset: the AIP_* one.
     connect_timeout_seconds: float | None = Field(None, gt=0)
     first_token_timeout_seconds: float | None = Field(None, gt=0)
     idle_timeout_seconds: float | None = Field(None, gt=0)
@@ -295,9 +280,10 @@ class ServiceEntry(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, InputEntry] = Field(default_factory=dict)
 
-    def limits(self) -> dict[str, Any]:
-        """The limits this entry sets, under ServiceConfig's names."""
-        return {key: value for key, value in _limits(self).items() if value is not None}
+    def limits(self, defaults: ServiceLimits) -> ServiceLimits:
+        """``defaults`` with the limits this entry sets."""
+        own = {name: getattr(self, name) for name in _LIMIT_NAMES}
+        return replace(defaults, **{name: value for name, value in own.items() if value is not None})
 
     @model_validator(mode="before")
     @classmethod
@@ -357,12 +343,12 @@ class Settings(BaseModel):
         A file service with the name of a built-in one replaces it.
         """
         gateway, coze, openai = self.gateway, self.coze, self.openai
-        timeouts = gateway.service_defaults()
+        limits = gateway.service_limits()
         coze_account: dict[str, Any] = {
             "base_url": coze.api_base,
             "api_key": coze.api_token.get_secret_value() if coze.api_token else None,
             "api_key_env": "COZE_API_TOKEN",
-            **timeouts,
+            "limits": limits,
         }
         configs = [
             ServiceConfig("coze", "coze", default_bot_id=coze.default_bot_id, **coze_account),
@@ -376,13 +362,13 @@ class Settings(BaseModel):
                 api_key=openai.api_key.get_secret_value() if openai.api_key else None,
                 api_key_env="OPENAI_API_KEY",
                 default_model=openai.default_model,
-                **timeouts,
+                limits=limits,
             ),
         ]
         if gateway.demo_services:
             configs += [
-                ServiceConfig("echo", "echo", **timeouts),
-                ServiceConfig("echo_workflow", "echo_workflow", **timeouts),
+                ServiceConfig("echo", "echo", limits=limits),
+                ServiceConfig("echo_workflow", "echo_workflow", limits=limits),
             ]
         by_name = {config.name: config for config in configs}
         by_name.update((config.name, config) for config in self.file_services)
@@ -410,6 +396,7 @@ def load_service_file(path: Path, variables: Mapping[str, str], gateway: Gateway
             for item in error.errors()
         )
         raise ConfigError(f"AIP_CONFIG {path}: {problems}") from error
+    defaults = gateway.service_limits()
     configs = []
     for name, entry in parsed.services.items():
         if not _SERVICE_NAME.match(name):
@@ -432,7 +419,7 @@ def load_service_file(path: Path, variables: Mapping[str, str], gateway: Gateway
                     ParameterSpec(name, spec.type, spec.description, spec.required)
                     for name, spec in entry.inputs.items()
                 ),
-                **{**gateway.service_defaults(), **entry.limits()},
+                limits=entry.limits(defaults),
             )
         )
     return tuple(configs)

@@ -19,7 +19,8 @@ from grpc_health.v1 import health_pb2_grpc
 
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import AIService
-from providers.guard import CallPolicy
+from providers.guard import Backoff
+from providers.limits import ServiceLimits
 from providers.registry import ServiceRegistry
 from server.app import GatewayServer, start_server
 from server.settings import CozeSettings, GatewaySettings, Settings
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 
     from tests.fakes.coze import FakeCoze
 
-#: A service to serve: alone (the registry's default CallPolicy) or with its CallPolicy.
-ServiceSpec = AIService | tuple[AIService, CallPolicy]
+#: A service with the limits its calls are guarded by, and optionally the guard's retry backoff.
+GuardedService = tuple[AIService, ServiceLimits] | tuple[AIService, ServiceLimits, Backoff]
+#: A service to serve: alone (the default ServiceLimits) or guarded by limits of its own.
+ServiceSpec = AIService | GuardedService
 
 
 def make_settings(fake_coze: FakeCoze | None, **gateway: Any) -> Settings:
@@ -83,8 +86,8 @@ async def gateway_for(
     """A real gateway on 127.0.0.1 port 0 and a channel to it, for the block.
 
     ``settings`` default to `make_settings(fake_coze, **gateway_settings)`. ``services`` (each alone or
-    with its CallPolicy) are registered in ``registry`` (a new one when not given); with neither, the
-    gateway builds its registry from the settings, as `python -m server` does. At the end the channel
+    with its ServiceLimits, and Backoff) are registered in ``registry`` (a new one when not given); with
+    neither, the gateway builds its registry from the settings, as `python -m server` does. At the end the channel
     is closed, then the server stopped with ``grace`` (unless the test stopped it with `GatewayUnderTest.stop`).
     ``channel_credentials`` make the channel a TLS one (for a gateway serving TLS).
     """

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from providers.guard import CallPolicy
+from providers.limits import DEFAULT_LIMITS
 from tests.fakes._server import FLOOD_CHUNKS, flood_pieces
 from tests.fakes.upstreams import PROVIDERS, Fault, Upstream, open_upstream, serving
 
@@ -49,7 +49,7 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
 
 async def test_a_slow_reader_gets_every_chunk_in_order_while_memory_stays_flat(upstream: Upstream) -> None:
     expected = flood_pieces()
-    async with serving((upstream.service(), CallPolicy())) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         # A first call warms caches (imports, pools, grpc) so that they do not count as growth.
         async for _ in gateway.stub.StreamChat(upstream.stream_request()):
             pass

@@ -15,7 +15,8 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from providers.guard import CallGuard, CallPolicy
+from providers.guard import Backoff, CallGuard
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 
 
 class _Upstream:
@@ -50,12 +51,13 @@ async def _collect(guard: CallGuard, upstream: _Upstream, deadline: float | None
     return [event async for event in guard.stream(upstream.stream, deadline)]
 
 
-FAST = CallPolicy(backoff_initial=0.001, backoff_max=0.002)
+#: Retries as in production, with backoffs short enough for a test.
+FAST = Backoff(initial_seconds=0.001, max_seconds=0.002)
 
 
 async def test_a_transient_failure_before_the_first_event_is_retried() -> None:
     upstream = _Upstream([_unavailable()], [_unavailable()], ["a", "b"])
-    assert await _collect(CallGuard("s", FAST), upstream) == ["a", "b"]
+    assert await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream) == ["a", "b"]
     assert (upstream.opened, upstream.closed) == (3, 3)
 
 
@@ -64,7 +66,7 @@ async def test_a_transient_failure_after_the_upstream_started_work_is_not_retrie
     # run (and bill) a second chat.
     upstream = _Upstream([_unavailable(unprocessed=False)], ["a", "b"])
     with pytest.raises(UpstreamUnavailable):
-        await _collect(CallGuard("s", FAST), upstream)
+        await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream)
     assert upstream.opened == 1
 
 
@@ -81,25 +83,25 @@ async def test_an_unary_call_is_retried_only_where_the_upstream_did_no_work() ->
 
         attempts = 0
         if expected_attempts == 2:
-            assert await CallGuard("s", FAST).call(run, None) == "ok"
+            assert await CallGuard("s", DEFAULT_LIMITS, FAST).call(run, None) == "ok"
         else:
             with pytest.raises(UpstreamUnavailable):
-                await CallGuard("s", FAST).call(run, None)
+                await CallGuard("s", DEFAULT_LIMITS, FAST).call(run, None)
         assert attempts == expected_attempts
 
 
 async def test_attempts_are_limited() -> None:
     upstream = _Upstream([_unavailable()], [_unavailable()], [_unavailable()], ["never"])
     with pytest.raises(UpstreamUnavailable):
-        await _collect(CallGuard("s", FAST), upstream)
-    assert upstream.opened == FAST.max_attempts
+        await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream)
+    assert upstream.opened == DEFAULT_LIMITS.max_attempts
 
 
 async def test_a_failure_after_the_first_event_is_never_retried() -> None:
     upstream = _Upstream(["a", _unavailable()], ["a", "b"])
     received: list[str] = []
     with pytest.raises(UpstreamUnavailable):
-        async for event in CallGuard("s", FAST).stream(upstream.stream, None):
+        async for event in CallGuard("s", DEFAULT_LIMITS, FAST).stream(upstream.stream, None):
             received.append(event)
     assert received == ["a"], "a retry would repeat text the caller already has"
     assert upstream.opened == 1
@@ -108,7 +110,7 @@ async def test_a_failure_after_the_first_event_is_never_retried() -> None:
 async def test_failures_retrying_cannot_fix_are_not_retried() -> None:
     upstream = _Upstream([UpstreamAuthError("401", provider="test")], ["a"])
     with pytest.raises(UpstreamAuthError):
-        await _collect(CallGuard("s", FAST), upstream)
+        await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream)
     assert upstream.opened == 1
 
 
@@ -117,42 +119,52 @@ async def test_rate_limits_are_retried_only_after_a_short_retry_after(retry_afte
     limited = UpstreamRateLimited("429", provider="test", retry_after_seconds=retry_after, unprocessed=True)
     upstream = _Upstream([limited], ["ok"])
     if retried:
-        assert await _collect(CallGuard("s", FAST), upstream) == ["ok"]
+        assert await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream) == ["ok"]
     else:
         with pytest.raises(UpstreamRateLimited):
-            await _collect(CallGuard("s", FAST), upstream)
+            await _collect(CallGuard("s", DEFAULT_LIMITS, FAST), upstream)
     assert upstream.opened == (2 if retried else 1)
 
 
 async def test_no_retry_when_the_backoff_would_pass_the_deadline() -> None:
-    policy = CallPolicy(backoff_initial=10.0, backoff_max=10.0)
+    slow = Backoff(initial_seconds=10.0, max_seconds=10.0)
     upstream = _Upstream([UpstreamRateLimited("429", provider="t", retry_after_seconds=1.0, unprocessed=True)], ["ok"])
     with pytest.raises(UpstreamRateLimited):
-        await _collect(CallGuard("s", policy), upstream, deadline=time.monotonic() + 0.5)
+        await _collect(CallGuard("s", DEFAULT_LIMITS, slow), upstream, deadline=time.monotonic() + 0.5)
     assert upstream.opened == 1
 
 
 @pytest.mark.parametrize(
-    ("policy", "script", "what"),
+    ("limits", "script", "what"),
     [
-        (CallPolicy(first_event_timeout=0.05), [1.0, "late"], "the first event"),
-        (CallPolicy(idle_timeout=0.05), ["a", 1.0, "late"], "the next event"),
-        (CallPolicy(total_timeout=0.15), ["a", 0.1, "b", 0.1, "c"], "the whole call"),
+        (ServiceLimits(first_token_timeout_seconds=0.05), [1.0, "late"], "the first event"),
+        (ServiceLimits(idle_timeout_seconds=0.05), ["a", 1.0, "late"], "the next event"),
+        (ServiceLimits(total_timeout_seconds=0.15), ["a", 0.1, "b", 0.1, "c"], "the whole call"),
     ],
 )
 async def test_timeouts_end_the_call_and_close_the_upstream(
-    policy: CallPolicy, script: list[object], what: str
+    limits: ServiceLimits, script: list[object], what: str
 ) -> None:
     upstream = _Upstream(script)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout, match=what):
-        await _collect(CallGuard("s", policy), upstream)
+        await _collect(CallGuard("s", limits), upstream)
+    assert time.monotonic() - started < 0.9
+    assert upstream.closed == 1
+
+
+async def test_an_idle_timeout_shorter_than_the_first_token_one_applies_from_the_first_event() -> None:
+    upstream = _Upstream(["a", 1.0, "late"])
+    limits = ServiceLimits(first_token_timeout_seconds=5.0, idle_timeout_seconds=0.05)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="the next event"):
+        await _collect(CallGuard("s", limits), upstream)
     assert time.monotonic() - started < 0.9
     assert upstream.closed == 1
 
 
 async def test_a_full_service_refuses_at_once_and_frees_its_slots() -> None:
-    guard = CallGuard("s", CallPolicy(max_concurrency=2))
+    guard = CallGuard("s", ServiceLimits(max_concurrent_calls=2))
     gate = asyncio.Event()
 
     async def slow() -> AsyncGenerator[str, None]:
@@ -171,7 +183,7 @@ async def test_a_full_service_refuses_at_once_and_frees_its_slots() -> None:
 
 
 async def test_the_first_refusal_of_a_service_is_logged_once_with_its_name(caplog: pytest.LogCaptureFixture) -> None:
-    guard = CallGuard("busy-service", CallPolicy(max_concurrency=1))
+    guard = CallGuard("busy-service", ServiceLimits(max_concurrent_calls=1))
     gate = asyncio.Event()
 
     async def slow() -> AsyncGenerator[str, None]:
@@ -189,7 +201,9 @@ async def test_the_first_refusal_of_a_service_is_logged_once_with_its_name(caplo
     warnings = [record for record in caplog.records if record.name == "providers.guard"]
     assert len(warnings) == 1
     assert warnings[0].levelname == "WARNING"
-    assert "'busy-service'" in warnings[0].getMessage() and "limit of 1" in warnings[0].getMessage()
+    message = warnings[0].getMessage()
+    assert "'busy-service'" in message and "limit of 1" in message
+    assert "raise max_concurrent_calls" in message, "the WARNING names the setting to raise"
     assert await _drain(guard.stream(slow, None)) == ["done"]
 
 
@@ -207,7 +221,7 @@ async def test_unary_calls_are_retried_and_bounded() -> None:
             raise _unavailable()
         return "answer"
 
-    assert await CallGuard("s", FAST).call(flaky, None) == "answer"
+    assert await CallGuard("s", DEFAULT_LIMITS, FAST).call(flaky, None) == "answer"
     assert attempts == 3
 
     async def stuck() -> str:
@@ -215,13 +229,13 @@ async def test_unary_calls_are_retried_and_bounded() -> None:
         return "never"
 
     with pytest.raises(UpstreamTimeout, match="the answer"):
-        await CallGuard("s", CallPolicy(first_event_timeout=0.05)).call(stuck, None)
+        await CallGuard("s", ServiceLimits(first_token_timeout_seconds=0.05)).call(stuck, None)
 
 
 async def test_a_slow_reader_does_not_count_against_the_idle_timeout() -> None:
     upstream = _Upstream(["a", "b", "c"])
     received = []
-    async for event in CallGuard("s", CallPolicy(idle_timeout=0.05)).stream(upstream.stream, None):
+    async for event in CallGuard("s", ServiceLimits(idle_timeout_seconds=0.05)).stream(upstream.stream, None):
         received.append(event)
         await asyncio.sleep(0.15)  # the caller reads slowly; the upstream is always ready
     assert received == ["a", "b", "c"]
@@ -231,7 +245,7 @@ async def test_the_whole_call_running_out_while_the_caller_reads_refuses_the_nex
     upstream = _Upstream(["a", "b", "c"])
     received = []
     with pytest.raises(UpstreamTimeout, match="the whole call"):
-        async for event in CallGuard("s", CallPolicy(total_timeout=0.1)).stream(upstream.stream, None):
+        async for event in CallGuard("s", ServiceLimits(total_timeout_seconds=0.1)).stream(upstream.stream, None):
             received.append(event)
             await asyncio.sleep(0.15)
     assert received == ["a"]
@@ -241,7 +255,11 @@ async def test_the_whole_call_running_out_while_the_caller_reads_refuses_the_nex
 async def test_an_outside_cancel_stays_a_cancel() -> None:
     upstream = _Upstream([5.0, "late"])
     task = asyncio.create_task(
-        _drain(CallGuard("s", CallPolicy(idle_timeout=10, first_event_timeout=10)).stream(upstream.stream, None))
+        _drain(
+            CallGuard("s", ServiceLimits(idle_timeout_seconds=10, first_token_timeout_seconds=10)).stream(
+                upstream.stream, None
+            )
+        )
     )
     await asyncio.sleep(0.05)
     task.cancel()

@@ -26,7 +26,7 @@ from clients._common import default_service_config
 from providers.base import ChatEvent, ChatInput, ChatService, TextDelta
 from providers.echo import EchoChatService
 from providers.errors import UpstreamError, UpstreamRateLimited, UpstreamUnavailable
-from providers.guard import CallPolicy
+from providers.limits import ServiceLimits
 from providers.registry import ServiceRegistry
 from server.servicer import AIPlatformServicer
 from tests.fakes import coze as fake
@@ -578,7 +578,7 @@ class _FlakyEchoService(EchoChatService):
 @contextlib.asynccontextmanager
 async def _gateway_with(service: ChatService) -> AsyncIterator[str]:
     """A real gateway serving ``service`` that does not retry upstream failures itself; yields its target."""
-    async with gateway_for(services=[(service, CallPolicy(max_attempts=1))]) as gateway:
+    async with gateway_for(services=[(service, ServiceLimits(max_attempts=1))]) as gateway:
         yield gateway.target
 
 

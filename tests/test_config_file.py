@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from aiplatform.v1 import aiplatform_pb2 as pb
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 from server.services import build_registry
-from server.settings import ConfigError, GatewaySettings, Settings, load_service_file
+from server.settings import ConfigError, GatewaySettings, ServiceEntry, Settings, load_service_file
 from tests.conftest import make_settings
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
@@ -101,6 +103,28 @@ def test_a_file_service_replaces_a_built_in_one_of_the_same_name(tmp_path: Path)
     registry = build_registry(settings)
     (echo,) = [service for service in registry.list() if service.name == "echo"]
     assert echo.provider == "reverse"
+
+
+def test_each_service_limit_is_an_aip_setting_and_a_config_file_key_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIP_IDLE_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("AIP_MAX_CONCURRENT_CALLS", "8")
+    gateway = GatewaySettings(_env_file=None)
+    path = tmp_path / "services.toml"
+    path.write_text(
+        '[services.own]\nprovider = "echo"\nfirst_token_timeout_seconds = 7\nmax_concurrent_calls = 2\n'
+        '[services.plain]\nprovider = "echo"\n',
+        encoding="utf-8",
+    )
+    settings = Settings(gateway=gateway, file_services=load_service_file(path, {}, gateway))
+    limits = {config.name: config.limits for config in settings.service_configs()}
+
+    from_environment = replace(DEFAULT_LIMITS, idle_timeout_seconds=30, max_concurrent_calls=8)
+    assert limits["own"] == replace(from_environment, first_token_timeout_seconds=7, max_concurrent_calls=2)
+    assert limits["plain"] == limits["echo"] == limits["coze"] == from_environment
+    names = {limit.name for limit in fields(ServiceLimits)}
+    assert names <= GatewaySettings.model_fields.keys() and names <= ServiceEntry.model_fields.keys()
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Upstream faults end to end: safe retries, timeouts, a slow upstream, load shedding, cancellation latency.
 
 Each test runs against both fake upstreams (Coze and OpenAI-compatible) through a real gateway whose
-service has a CallPolicy chosen by the test, and asserts at both ends: what the caller received and
+service has limits chosen by the test, and asserts at both ends: what the caller received and
 what the upstream saw (requests, disconnects).
 
 Faults tested elsewhere: status and details of each upstream error and of streams cut part-way
@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from providers.guard import CallPolicy
+from providers.guard import Backoff
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 from tests.conftest import error_details
 from tests.fakes.upstreams import PROVIDERS, Fault, Gateway, Upstream, answer, collect, open_upstream, serving, until
 
-#: Retries as in production, but with backoffs short enough for tests.
-RETRIES = CallPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+#: Backoffs short enough for tests; the limits (3 attempts) stay as in production.
+QUICK_BACKOFF = Backoff(initial_seconds=0.01, max_seconds=0.02)
 RPCS = ("StreamChat", "Chat")
 
 #: The bound on "at once": the time from call.cancel() to the upstream seeing its connection close.
@@ -59,7 +60,7 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 @pytest.mark.parametrize("rpc", RPCS)
 async def test_a_transient_failure_before_the_first_chunk_is_retried(upstream: Upstream, rpc: str) -> None:
-    async with serving((upstream.service(), RETRIES)) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
         text, error = await _call(gateway, upstream, rpc, Fault.FLAKY)
 
     assert error is None, "one 502, then an answer: the retry must succeed"
@@ -69,7 +70,7 @@ async def test_a_transient_failure_before_the_first_chunk_is_retried(upstream: U
 
 @pytest.mark.parametrize("rpc", RPCS)
 async def test_with_one_attempt_a_transient_failure_is_reported(upstream: Upstream, rpc: str) -> None:
-    async with serving((upstream.service(), CallPolicy(max_attempts=1))) as gateway:
+    async with serving((upstream.service(), ServiceLimits(max_attempts=1))) as gateway:
         text, error = await _call(gateway, upstream, rpc, Fault.FLAKY)
 
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
@@ -79,19 +80,19 @@ async def test_with_one_attempt_a_transient_failure_is_reported(upstream: Upstre
 
 @pytest.mark.parametrize("rpc", RPCS)
 async def test_a_rate_limit_with_a_short_retry_after_is_retried_after_that_wait(upstream: Upstream, rpc: str) -> None:
-    async with serving((upstream.service(), RETRIES)) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
         text, error = await _call(gateway, upstream, rpc, Fault.RATE_LIMITED_ONCE)
 
     assert error is None
     assert "".join(text) == "".join(upstream.answer_pieces)
     first, second = upstream.chat_requests()
-    # The wait is the upstream's Retry-After, not the (much shorter) backoff of RETRIES.
+    # The wait is the upstream's Retry-After, not the (much shorter) backoff of QUICK_BACKOFF.
     assert second.time - first.time >= 0.9 * upstream.short_retry_after
 
 
 @pytest.mark.parametrize("rpc", RPCS)
 async def test_a_rate_limit_without_retry_after_is_not_retried(upstream: Upstream, rpc: str) -> None:
-    async with serving((upstream.service(), RETRIES)) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
         _, error = await _call(gateway, upstream, rpc, Fault.RATE_LIMITED_NO_RETRY_AFTER)
 
     assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -112,7 +113,7 @@ async def test_a_rate_limit_without_retry_after_is_not_retried(upstream: Upstrea
 async def test_failures_retrying_cannot_fix_are_never_retried(
     upstream: Upstream, rpc: str, fault: Fault, credential: str | None, code: grpc.StatusCode, reason: str
 ) -> None:
-    async with serving((upstream.service(credential=credential), RETRIES)) as gateway:
+    async with serving((upstream.service(credential=credential), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
         _, error = await _call(gateway, upstream, rpc, fault)
 
     assert error is not None and error.code() == code
@@ -121,7 +122,7 @@ async def test_failures_retrying_cannot_fix_are_never_retried(
 
 
 async def test_a_stream_cut_after_its_first_chunks_is_never_retried(upstream: Upstream) -> None:
-    async with serving((upstream.service(), RETRIES)) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
         deltas, error = await _call(gateway, upstream, "StreamChat", Fault.CUT)
 
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
@@ -133,19 +134,19 @@ async def test_a_stream_cut_after_its_first_chunks_is_never_retried(upstream: Up
 
 
 @pytest.mark.parametrize(
-    ("fault", "policy", "limit"),
+    ("fault", "limits", "limit"),
     [
-        (Fault.STALL_AT_START, CallPolicy(first_event_timeout=0.3), 0.3),
-        (Fault.STALL, CallPolicy(idle_timeout=0.3), 0.3),
-        (Fault.SLOW, CallPolicy(total_timeout=0.5), 0.5),
+        (Fault.STALL_AT_START, ServiceLimits(first_token_timeout_seconds=0.3), 0.3),
+        (Fault.STALL, ServiceLimits(idle_timeout_seconds=0.3), 0.3),
+        (Fault.SLOW, ServiceLimits(total_timeout_seconds=0.5), 0.5),
     ],
     ids=["first-token", "idle", "total"],
 )
 async def test_a_timeout_ends_the_stream_unavailable_after_its_chunks_and_closes_the_upstream(
-    upstream: Upstream, fault: Fault, policy: CallPolicy, limit: float
+    upstream: Upstream, fault: Fault, limits: ServiceLimits, limit: float
 ) -> None:
     upstream.server.slow_interval = 0.2
-    async with serving((upstream.service(), policy)) as gateway:
+    async with serving((upstream.service(), limits)) as gateway:
         started = time.monotonic()
         # The caller's deadline is far off: a missing timeout would end DEADLINE_EXCEEDED, not hang.
         responses, error = await collect(gateway.stub.StreamChat(upstream.stream_request(fault), timeout=5))
@@ -171,7 +172,7 @@ async def test_a_timeout_ends_the_stream_unavailable_after_its_chunks_and_closes
 
 async def test_a_slow_upstream_streams_each_token_as_it_comes(upstream: Upstream) -> None:
     interval = upstream.server.slow_interval = 0.2
-    async with serving((upstream.service(), CallPolicy())) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         call = gateway.stub.StreamChat(upstream.stream_request(Fault.SLOW))
         deltas: list[str] = []
         arrivals: list[float] = []
@@ -192,7 +193,7 @@ async def test_a_slow_upstream_streams_each_token_as_it_comes(upstream: Upstream
 
 async def test_a_full_service_refuses_at_once_and_accepts_again_when_a_call_ends(upstream: Upstream) -> None:
     service = upstream.service()
-    async with serving((service, CallPolicy(max_concurrency=2))) as gateway:
+    async with serving((service, ServiceLimits(max_concurrent_calls=2))) as gateway:
         stalled = [gateway.stub.StreamChat(upstream.stream_request(Fault.STALL)) for _ in range(2)]
         for call in stalled:
             assert (await call.read()).delta == upstream.answer_pieces[0]
@@ -218,7 +219,7 @@ async def test_a_full_service_refuses_at_once_and_accepts_again_when_a_call_ends
 
 
 async def test_a_cancelled_stream_closes_its_upstream_request_at_once(upstream: Upstream) -> None:
-    async with serving((upstream.service(), CallPolicy())) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         call = gateway.stub.StreamChat(upstream.stream_request(Fault.STALL))
         assert (await call.read()).delta == upstream.answer_pieces[0]
 
@@ -232,7 +233,7 @@ async def test_a_cancelled_stream_closes_its_upstream_request_at_once(upstream: 
 
 
 async def test_a_cancelled_unary_call_closes_its_upstream_request_at_once(upstream: Upstream) -> None:
-    async with serving((upstream.service(), CallPolicy())) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         call = gateway.stub.Chat(upstream.chat_request(Fault.STALL))
         await upstream.wait_for_chat_requests()
         await until(lambda: upstream.server.open_streams == 1)
@@ -252,7 +253,7 @@ async def test_a_cancelled_unary_call_closes_its_upstream_request_at_once(upstre
 
 async def test_unknown_events_are_ignored_and_the_stream_goes_on(upstream: Upstream) -> None:
     # Coze's whole-answer path over the same scenario: test_coze_chat.py::test_only_answer_text_reaches_the_answer.
-    async with serving((upstream.service(), CallPolicy())) as gateway:
+    async with serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         deltas, error = await _call(gateway, upstream, "StreamChat", Fault.UNKNOWN_EVENTS)
 
     assert error is None

@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from providers.guard import CallPolicy
+from providers.limits import ServiceLimits
 from server.errors import MAX_MESSAGE_CHARS
 from tests.conftest import error_details
 from tests.fakes import coze as fake
@@ -32,7 +32,7 @@ HUGE_KEY = 60_000  # a parameter key: parameters as a whole may take 64 KiB (AIP
 #: What one refused call may add to the log, whatever it sent.
 LOG_BYTES_PER_CALL = 1024
 
-ONE_ATTEMPT = CallPolicy(max_attempts=1)
+ONE_ATTEMPT = ServiceLimits(max_attempts=1)
 Call = Callable[[pb_grpc.AIPlatformServiceStub], Awaitable[Any]]
 
 
@@ -150,7 +150,7 @@ async def test_an_upstream_echoing_the_gateways_credential_never_passes_it_on(
 ) -> None:
     async with (
         open_upstream(provider) as upstream,
-        serving((upstream.service(), CallPolicy(max_attempts=1))) as gateway,
+        serving((upstream.service(), ONE_ATTEMPT)) as gateway,
     ):
         secret = upstream.service().secrets()[0]
         with caplog.at_level(logging.DEBUG):
@@ -170,7 +170,7 @@ async def test_an_upstream_echoing_the_gateways_credential_never_passes_it_on(
 async def test_a_megabyte_upstream_error_becomes_a_bounded_message_that_keeps_its_facts(provider: str) -> None:
     async with (
         open_upstream(provider) as upstream,
-        serving((upstream.service(), CallPolicy(max_attempts=1))) as gateway,
+        serving((upstream.service(), ONE_ATTEMPT)) as gateway,
     ):
         _, error = await collect(gateway.stub.StreamChat(upstream.stream_request(Fault.HUGE_ERROR)))
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE

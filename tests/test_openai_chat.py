@@ -543,7 +543,7 @@ async def test_json_error_body_instead_of_a_stream_is_mapped() -> None:
 
 
 async def test_upstream_silence_past_the_read_timeout_is_a_timeout(fake_openai: FakeOpenAI) -> None:
-    service = _service(fake_openai, read_timeout=0.2)
+    service = _service(fake_openai, read_timeout_seconds=0.2)
     received: list[object] = []
     try:
         with pytest.raises(UpstreamTimeout):
@@ -570,7 +570,11 @@ async def test_a_refused_upstream_may_be_retried_but_one_that_had_the_request_ma
     for server, expected, retry_safe in cases:
         async with server() as port:
             service = OpenAIChatService(
-                "openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", default_model="m", read_timeout=0.2
+                "openai",
+                base_url=f"http://127.0.0.1:{port}/v1",
+                api_key="sk-test",
+                default_model="m",
+                read_timeout_seconds=0.2,
             )
             try:
                 for call in (_chat, _streamed_events):

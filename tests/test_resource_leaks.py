@@ -9,7 +9,7 @@ import itertools
 import grpc
 import pytest
 
-from providers.guard import CallPolicy
+from providers.limits import DEFAULT_LIMITS
 from tests.fakes.coze import FakeCoze
 from tests.fakes.resources import ResourceSnapshot, established_to, settled
 from tests.fakes.upstreams import (
@@ -36,7 +36,7 @@ async def test_a_thousand_cancelled_streams_leave_no_connections_tasks_or_descri
         upstreams = (coze, openai)
         for upstream in upstreams:
             upstream.server.slow_interval = 60.0  # the slow scenario: one delta, then a long wait
-        async with serving(*((upstream.service(), CallPolicy()) for upstream in upstreams)) as gateway:
+        async with serving(*((upstream.service(), DEFAULT_LIMITS) for upstream in upstreams)) as gateway:
             plan = [(upstream, fault) for upstream in upstreams for fault in (Fault.STALL, Fault.SLOW)]
             # A first round brings pools, caches and grpc to their steady state before counting.
             await _cancel_streams(gateway, plan, CONCURRENCY)
@@ -70,7 +70,7 @@ async def test_streams_that_fail_part_way_leave_no_connection_open(provider: str
     # connection of its own: each call waits until its cancel was answered, so the calls stay one
     # after another (the cancel's connection may not be back in the pool yet: one more at most).
     cancels_too = provider == "coze"
-    async with open_upstream(provider) as upstream, serving((upstream.service(), CallPolicy())) as gateway:
+    async with open_upstream(provider) as upstream, serving((upstream.service(), DEFAULT_LIMITS)) as gateway:
         gc.disable()
         try:
             for sent in range(1, FAILED_STREAMS + 1):

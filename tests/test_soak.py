@@ -23,7 +23,8 @@ from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from providers.echo import EchoChatService, split_words
-from providers.guard import CallPolicy
+from providers.guard import Backoff
+from providers.limits import DEFAULT_LIMITS
 from tests.fakes.resources import ResourceSnapshot, settled
 from tests.fakes.upstreams import Fault, Gateway, Upstream, answer, collect, open_upstream, run_bounded, serving
 
@@ -31,7 +32,7 @@ from tests.fakes.upstreams import Fault, Gateway, Upstream, answer, collect, ope
 SOAK_CALLS = int(os.environ.get("AIP_SOAK_CALLS", "600"))
 CONCURRENCY = 50
 #: Retries as in production, with backoffs short enough for a test (5xx calls are retried).
-POLICY = CallPolicy(max_attempts=3, backoff_initial=0.005, backoff_max=0.01)
+QUICK_BACKOFF = Backoff(initial_seconds=0.005, max_seconds=0.01)
 #: Memory reaches its plateau (allocator arenas, grpc's caches) only after about this many calls.
 WARM_UP_CALLS = min(SOAK_CALLS, 1_000)
 FD_TOLERANCE = 10
@@ -87,8 +88,8 @@ async def test_mixed_calls_end_as_expected_and_leave_nothing_behind(caplog: pyte
         upstreams = (coze, openai)
         for upstream in upstreams:
             upstream.server.keep_requests = False  # thousands of records would be the test's own growth
-        services = [(upstream.service(), POLICY) for upstream in upstreams] + [(EchoChatService("echo"), POLICY)]
-        async with serving(*services) as gateway:
+        services = [upstream.service() for upstream in upstreams] + [EchoChatService("echo")]
+        async with serving(*((service, DEFAULT_LIMITS, QUICK_BACKOFF) for service in services)) as gateway:
             kinds = _mix(coze, openai)
             wrong: collections.Counter[str] = collections.Counter()
             await _run(gateway, kinds, WARM_UP_CALLS, wrong)

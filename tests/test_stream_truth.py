@@ -22,7 +22,8 @@ from google.protobuf import struct_pb2
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.coze import CozeChatService, CozeClients, CozeWorkflowService
-from providers.guard import CallPolicy
+from providers.guard import Backoff
+from providers.limits import DEFAULT_LIMITS, ServiceLimits
 from tests.conftest import error_details
 from tests.fakes import coze as fake
 from tests.fakes._server import burst_pieces, http_server
@@ -31,7 +32,8 @@ from tests.fakes.upstreams import PROVIDERS, Fault, answer, collect, open_upstre
 from tests.gateway_process import gateway_env, running_gateway
 
 BURST = burst_pieces()
-RETRIES = CallPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+#: Backoffs short enough for tests; the limits (3 attempts) stay as in production.
+QUICK_BACKOFF = Backoff(initial_seconds=0.01, max_seconds=0.02)
 CANCEL_PATH = "/v3/chat/cancel"
 HI = [pb.ChatMessage(role="user", content="hi")]
 
@@ -94,7 +96,10 @@ def _assert_whole_burst_then_unavailable(texts: list[str], error: grpc.aio.AioRp
 async def test_every_chat_piece_sent_before_a_cut_reaches_the_caller_before_unavailable(
     provider: str, read: Callable[..., Any]
 ) -> None:
-    async with open_upstream(provider) as upstream, serving((upstream.service(), RETRIES)) as gateway:
+    async with (
+        open_upstream(provider) as upstream,
+        serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway,
+    ):
         call = gateway.stub.StreamChat(upstream.stream_request(Fault.BURST_CUT))
         responses, error = await read(call, upstream.server.wait_for_hang_up)
         _assert_whole_burst_then_unavailable(_texts(responses, "delta"), error)
@@ -123,7 +128,10 @@ async def test_a_gzip_encoded_stream_loses_nothing_before_a_cut_either(
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_unary_chat_whose_answer_is_cut_fails_instead_of_returning_part_of_it(provider: str) -> None:
-    async with open_upstream(provider) as upstream, serving((upstream.service(), RETRIES)) as gateway:
+    async with (
+        open_upstream(provider) as upstream,
+        serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway,
+    ):
         response, error = await answer(gateway.stub.Chat(upstream.chat_request(Fault.BURST_CUT)))
         assert response is None, "part of an answer must not be presented as whole"
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
@@ -218,7 +226,10 @@ async def test_a_workflow_stream_without_done_or_interrupt_stays_unavailable(
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("rpc", ["StreamChat", "Chat"])
 async def test_a_cut_after_the_upstream_started_is_reported_not_retried(provider: str, rpc: str) -> None:
-    async with open_upstream(provider) as upstream, serving((upstream.service(), RETRIES)) as gateway:
+    async with (
+        open_upstream(provider) as upstream,
+        serving((upstream.service(), DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway,
+    ):
         if rpc == "StreamChat":
             responses, error = await collect(gateway.stub.StreamChat(upstream.stream_request(Fault.CUT_AT_START)))
             assert not _texts(responses, "delta")
@@ -261,7 +272,7 @@ async def test_run_workflow_is_retried_only_when_refused_for_its_rate() -> None:
 
     async with http_server({"/v1/workflow/run": run}) as base:
         service = CozeWorkflowService("wf", CozeClients(token="pat", base_url=base))
-        async with serving((service, RETRIES)) as gateway:
+        async with serving((service, DEFAULT_LIMITS, QUICK_BACKOFF)) as gateway:
             response = await gateway.stub.RunWorkflow(pb.RunWorkflowRequest(service_name="wf", workflow_id="limited"))
             assert response.execute_id == "1" and answers["/v1/workflow/run"][0] == 2
             answers["/v1/workflow/run"][0] = 5
@@ -273,19 +284,19 @@ async def test_run_workflow_is_retried_only_when_refused_for_its_rate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bot_id", "policy"),
+    ("bot_id", "limits"),
     [
-        pytest.param(fake.BOT_CUT, RETRIES, id="cut"),
-        pytest.param(fake.BOT_ERROR_EVENT, RETRIES, id="error-event"),
-        pytest.param(fake.BOT_MALFORMED, RETRIES, id="malformed-event"),
-        pytest.param(fake.BOT_STALL, CallPolicy(max_attempts=1, idle_timeout=0.2), id="idle-timeout"),
+        pytest.param(fake.BOT_CUT, DEFAULT_LIMITS, id="cut"),
+        pytest.param(fake.BOT_ERROR_EVENT, DEFAULT_LIMITS, id="error-event"),
+        pytest.param(fake.BOT_MALFORMED, DEFAULT_LIMITS, id="malformed-event"),
+        pytest.param(fake.BOT_STALL, ServiceLimits(max_attempts=1, idle_timeout_seconds=0.2), id="idle-timeout"),
     ],
 )
 async def test_every_created_chat_that_does_not_complete_is_cancelled_at_coze(
-    fake_coze: FakeCoze, bot_id: str, policy: CallPolicy
+    fake_coze: FakeCoze, bot_id: str, limits: ServiceLimits
 ) -> None:
     chat = CozeChatService("coze", CozeClients(token=fake_coze.token, base_url=fake_coze.base_url))
-    async with serving((chat, policy)) as gateway:
+    async with serving((chat, limits, QUICK_BACKOFF)) as gateway:
         _, error = await collect(gateway.stub.StreamChat(_coze_stream_request(bot_id)))
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
         (created,) = fake_coze.created_chats

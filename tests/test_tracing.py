@@ -60,7 +60,7 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
 async def traced_gateway(
     service: AIService, exporter: InMemorySpanExporter, *, tracing_on: bool = True
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A gateway serving ``service`` (default CallPolicy: 3 attempts) whose spans go to ``exporter``."""
+    """A gateway serving ``service`` (default ServiceLimits: 3 attempts) whose spans go to ``exporter``."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     try:

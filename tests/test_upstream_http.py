@@ -23,7 +23,7 @@ async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
         seen.append(request.headers.get("cookie"))
         return httpx.Response(200, headers={"set-cookie": "session=caller-one; Path=/"}, text="ok")
 
-    options = tracked_client_options(base_url="http://upstream.test", connect_timeout=1, read_timeout=1)
+    options = tracked_client_options(base_url="http://upstream.test", connect_timeout_seconds=1, read_timeout_seconds=1)
     async with httpx.AsyncClient(**{**options, "transport": httpx.MockTransport(handler)}) as client:
         await client.get("http://upstream.test/a")
         await client.get("http://upstream.test/b")
@@ -35,7 +35,7 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
         while True:
             yield b"x"
 
-    options = tracked_client_options(base_url="http://upstream.test", connect_timeout=1, read_timeout=1)
+    options = tracked_client_options(base_url="http://upstream.test", connect_timeout_seconds=1, read_timeout_seconds=1)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=endless()))
     async with httpx.AsyncClient(**{**options, "transport": transport}) as client:
         async with upstream_call() as call:
@@ -53,7 +53,7 @@ async def test_every_response_opened_in_a_call_is_closed_when_it_ends() -> None:
 async def test_a_refused_connection_a_hang_up_and_a_silence_are_told_apart() -> None:
     # Refused: the request never left (ConnectError, may be sent again). Hung up after the
     # request went out: the upstream had it (RemoteProtocolError, as on httpx's own engine).
-    options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout=1, read_timeout=0.2)
+    options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout_seconds=1, read_timeout_seconds=0.2)
     cases: list[tuple[Literal["hang up", "say nothing"], type[Exception]]] = [
         ("hang up", httpx.RemoteProtocolError),
         ("say nothing", httpx.TimeoutException),
@@ -131,7 +131,7 @@ async def test_a_streamed_body_comes_straight_from_aiohttp_unless_it_needs_decod
         return response
 
     async with http_server({"/pieces": in_pieces, "/gzipped": gzipped, "/stalls": stalls}) as base:
-        clients = CozeClients(token="pat_test", base_url=base, read_timeout=0.3)
+        clients = CozeClients(token="pat_test", base_url=base, read_timeout_seconds=0.3)
         try:
             for path, straight in (("/pieces", True), ("/gzipped", False)):
                 async with upstream_call() as call:

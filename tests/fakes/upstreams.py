@@ -3,7 +3,7 @@
 A `Fault` is named once and mapped to the id that selects it in each fake (a Coze ``bot_id``,
 an OpenAI ``model``). An `Upstream` is a started fake with what the gateway needs to reach it:
 the service to register, and requests that select a fault. `serving` starts a real gateway on a
-free port with the services and CallPolicies a test chooses (`tests.harness.gateway_for`).
+free port with the services and limits a test chooses (`tests.harness.gateway_for`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import grpc
 from google.protobuf import struct_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from providers.base import AIService, ChatService
+from providers.base import ChatService
 from providers.coze import CozeChatService, CozeClients
-from providers.guard import CallPolicy
 from providers.openai import OpenAIChatService
 from providers.registry import ServiceRegistry
 from tests.fakes import coze, openai
 from tests.fakes._server import FakeUpstream
-from tests.harness import GatewayUnderTest, gateway_for
+from tests.harness import GatewayUnderTest, GuardedService, gateway_for
 
 _Message = TypeVar("_Message")
 
@@ -184,8 +183,8 @@ Gateway = GatewayUnderTest
 
 
 @contextlib.asynccontextmanager
-async def serving(*services: tuple[AIService, CallPolicy]) -> AsyncIterator[Gateway]:
-    """A real gateway on 127.0.0.1 serving ``services``, each under its CallPolicy, and a channel to it."""
+async def serving(*services: GuardedService) -> AsyncIterator[Gateway]:
+    """A real gateway on 127.0.0.1 serving ``services``, each under its limits, and a channel to it."""
     async with gateway_for(registry=ServiceRegistry(), services=services) as gateway:
         yield gateway
 
