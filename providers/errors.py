@@ -11,6 +11,13 @@ place that turns each into a gRPC status. The tree::
     │   └── GatewayOverloaded ..... the gateway process is at its limit of calls in flight
     ├── RequestIncomplete ......... the caller's request did not arrive whole in time
     ├── ShuttingDown .............. the gateway ended the call at the end of its shutdown grace
+    ├── Unauthenticated ........... no caller key, or one the gateway does not know
+    ├── PermissionDenied .......... the caller's key may not call that service
+    ├── CallerLimitExceeded ....... the caller's key is at one of its limits (names it)
+    │   ├── CallerRateLimited ..... requests per minute
+    │   ├── CallerOverloaded ...... concurrent calls
+    │   └── TokenQuotaExceeded .... tokens per minute or per day
+    ├── LimitsUnavailable ......... the shared limit store (Redis) cannot be reached
     └── UpstreamError ............. the upstream failed; carries provider, code, log id
         ├── UpstreamAuthError ..... the upstream rejected the gateway's own credentials
         ├── UpstreamInvalidRequest  the upstream found the request invalid
@@ -127,6 +134,57 @@ class ShuttingDown(GatewayError):
     """The gateway is shutting down and ended the call when its grace period ran out."""
 
     reason = "SHUTTING_DOWN"
+
+
+class Unauthenticated(GatewayError):
+    """The call carries no caller key, or one that is not configured."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    """The caller's key may not call the service it named."""
+
+    reason = "PERMISSION_DENIED"
+
+
+class CallerLimitExceeded(GatewayError):
+    """A limit of the caller's key refused the call; ``limit`` names it (sent as QuotaFailure)."""
+
+    reason = "CALLER_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, key: str, limit: str, retry_after_seconds: float | None) -> None:
+        super().__init__(message)
+        #: The key's name (never the key) and the limit's setting name, e.g. ``tokens_per_minute``.
+        self.key = key
+        self.limit = limit
+        #: None when no retry can succeed (the call alone needs more than the limit allows).
+        self.retry_after_seconds = retry_after_seconds
+
+
+class CallerRateLimited(CallerLimitExceeded):
+    """The key's requests per minute are spent."""
+
+    reason = "RATE_LIMITED"
+
+
+class CallerOverloaded(CallerLimitExceeded):
+    """The key has as many calls in flight as it may."""
+
+    reason = "CALLER_OVERLOADED"
+
+
+class TokenQuotaExceeded(CallerLimitExceeded):
+    """The call's reserved tokens do not fit in the key's tokens per minute or per day."""
+
+    reason = "TOKEN_QUOTA_EXCEEDED"
+
+
+class LimitsUnavailable(GatewayError):
+    """The store that keeps the callers' limits (Redis) cannot be reached, and the gateway fails closed."""
+
+    reason = "LIMITS_UNAVAILABLE"
+    retry_after_seconds: float | None = 1.0
 
 
 class UpstreamError(GatewayError):

@@ -62,6 +62,11 @@ class CallGuard:
         self._refused_before = False
 
     @property
+    def limits(self) -> ServiceLimits:
+        """The limits this guard applies."""
+        return self._limits
+
+    @property
     def running(self) -> int:
         """Calls of this service now in flight."""
         return self._running

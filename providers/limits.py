@@ -27,6 +27,9 @@ class ServiceLimits:
     #: Calls in flight at once, per process; more are refused. One process holds 5,000 streams in under
     #: 500 MB (benchmarks/RESULTS.md), so 1,024 refuses only a runaway, like Envoy's per-cluster default.
     max_concurrent_calls: int = 1024
+    #: Output tokens a call reserves in its caller key's token limits when it sets no ``max_tokens``
+    #: (settled to what it really used when it ends; server/limits.py).
+    reserved_output_tokens: int = 1024
 
 
 #: Every limit at its default.

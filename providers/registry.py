@@ -57,6 +57,10 @@ class ServiceRegistry:
             raise _wrong_type(service)
         return _ready(service)
 
+    def limits_of(self, name: str) -> ServiceLimits:
+        """The limits of the service called ``name`` (which must exist)."""
+        return self._guards[name].limits
+
     def provider_of(self, name: str) -> str | None:
         """The provider of the service called ``name``, or None when there is none."""
         service = self._services.get(name)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.interceptors import CallRecord
+from server.usage import UsageSource
 
 #: The access log's logger: route or silence it on its own (``logging.getLogger("aiplatform.access")``).
 ACCESS_LOGGER = logging.getLogger("aiplatform.access")
@@ -31,7 +32,7 @@ class AccessLog:
             return
         fields = access_fields(call)
         ACCESS_LOGGER.info(
-            "%s %s %s %.1f ms ttft=%s tokens=%d/%d request_id=%s%s",
+            "%s %s %s %.1f ms ttft=%s tokens=%d/%d%s caller=%s request_id=%s%s",
             fields["method"],
             f"{call.service}/{call.provider}" if call.service else "-",
             fields["code"],
@@ -39,6 +40,8 @@ class AccessLog:
             "-" if fields["ttft_ms"] is None else f"{fields['ttft_ms']:.1f}ms",
             call.input_tokens,
             call.output_tokens,
+            "(estimated)" if call.usage_source is UsageSource.ESTIMATED else "",
+            call.caller or "-",
             call.request_id,
             f" upstream_log_id={call.upstream_log_id}" if call.upstream_log_id else "",
             extra={_FIELDS: fields},
@@ -59,6 +62,8 @@ def access_fields(call: CallRecord) -> dict[str, Any]:
         "messages_sent": call.messages_sent,
         "input_tokens": call.input_tokens,
         "output_tokens": call.output_tokens,
+        "usage_source": call.usage_source.name.lower(),
+        "caller": call.caller,
         "request_id": call.request_id,
         "upstream_log_id": call.upstream_log_id,
     }

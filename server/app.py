@@ -18,9 +18,12 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.registry import ServiceRegistry
 from server.access_log import AccessLog
+from server.admission import CallerAdmission, ServiceAllowance
+from server.callers import CallerKeys
 from server.convert import RequestLimits
 from server.errors import Scrubber
 from server.interceptors import CallInterceptor, CallLimits, CallObserver
+from server.limits import CallerLimits, LimitStore, MemoryLimitStore, RedisLimitStore
 from server.memory import release_memory_after_bursts
 from server.metrics import GatewayMetrics, serve_metrics, single_process_registry, write_values_to
 from server.servicer import AIPlatformServicer
@@ -59,6 +62,7 @@ class GatewayServer:
     calls: CallInterceptor
     memory_releaser: asyncio.Task[None]
     tracing: Tracing | None = None
+    admission: CallerAdmission | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, give in-flight ones ``grace`` seconds, then end them and close upstreams."""
@@ -76,6 +80,8 @@ class GatewayServer:
             finally:
                 timer.cancel()
         self.memory_releaser.cancel()
+        if self.admission is not None:
+            await self.admission.aclose()
         await self.registry.aclose()
         if self.tracing is not None:
             await self.tracing.aclose()
@@ -135,6 +141,7 @@ async def _start_server(
         ("grpc.max_connection_age_grace_ms", int((gateway.total_timeout_seconds + 30) * 1000)),
         *_connection_limits(gateway),
     ]
+    admission = caller_admission(settings, registry)
     # Every credential the services hold is scrubbed from what callers and the log are told.
     calls = CallInterceptor(
         Scrubber(registry.secrets()),
@@ -144,6 +151,7 @@ async def _start_server(
         ),
         provider_of=registry.provider_of,
         observers=(AccessLog(), *observers, *([tracing.observer] if tracing else [])),
+        admission=admission,
     )
     # The tracing interceptor first: its span then encloses all that CallInterceptor does, observers included.
     interceptors: list[grpc.aio.ServerInterceptor] = [tracing.interceptor, calls] if tracing else [calls]
@@ -157,23 +165,24 @@ async def _start_server(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    if gateway.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
 
     address = gateway.address
     try:
         credentials = gateway.server_credentials()
     except ConfigError:
-        await registry.aclose()
+        await _close(registry, admission)
         raise
     try:
         port = (
             server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
         )
     except RuntimeError as error:
-        await registry.aclose()
+        await _close(registry, admission)
         raise AddressInUse(f"cannot listen on {address}: the address is in use or not available") from error
     await server.start()
     for service in ("", SERVICE_NAME):
@@ -193,7 +202,56 @@ async def _start_server(
         calls=calls,
         memory_releaser=releaser,
         tracing=tracing,
+        admission=admission,
     )
+
+
+async def _close(registry: ServiceRegistry, admission: CallerAdmission | None) -> None:
+    if admission is not None:
+        await admission.aclose()
+    await registry.aclose()
+
+
+def caller_admission(settings: Settings, registry: ServiceRegistry) -> CallerAdmission | None:
+    """Caller keys and their limits, when the AIP_CONFIG file configures keys (None: the gateway runs open)."""
+    if not settings.caller_keys:
+        return None
+    gateway = settings.gateway
+    store: LimitStore = (
+        RedisLimitStore(gateway.redis_url.get_secret_value()) if gateway.redis_url else MemoryLimitStore()
+    )
+
+    def allowance_of(service: str) -> ServiceAllowance:
+        limits = registry.limits_of(service)
+        # A concurrency lease outlives the longest call, and the arrival of its request.
+        lease = limits.total_timeout_seconds + gateway.request_arrival_timeout_seconds + gateway.grace_seconds
+        return ServiceAllowance(limits.reserved_output_tokens, lease)
+
+    return CallerAdmission(
+        CallerKeys.from_entries(settings.caller_keys),
+        CallerLimits(store, fail_open=gateway.redis_fail_open),
+        allowance_of,
+    )
+
+
+def warn_when_open(settings: Settings) -> None:
+    """Say at start, once, what a gateway without keys, or with per-process limits, lets through."""
+    gateway = settings.gateway
+    if not settings.caller_keys:
+        _LOGGER.warning(
+            "no caller keys are configured: anyone who reaches %s can call every service, without limits "
+            "(README: Security and limits)",
+            gateway.address,
+        )
+    elif (
+        gateway.workers > 1 and not gateway.redis_url and any(entry.limited for entry in settings.caller_keys.values())
+    ):
+        _LOGGER.warning(
+            "the keys' limits are kept per worker process: with AIP_WORKERS=%d a key may use up to %d times "
+            "its limits; set AIP_REDIS_URL to share one budget",
+            gateway.workers,
+            gateway.workers,
+        )
 
 
 def check_tracing(gateway: GatewaySettings) -> None:
@@ -264,6 +322,8 @@ async def serve(settings: Settings, *, share_port: bool = False, metrics_directo
             observers.append(GatewayMetrics(registry))
             serve_metrics(settings.gateway.metrics_address, registry)
     gateway = await start_server(settings, share_port=share_port, observers=observers)
+    if not share_port:  # workers: the supervising parent says it once
+        warn_when_open(settings)
     tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -196,7 +196,12 @@ def usage_message(usage: Usage | None) -> pb.Usage | None:
     """The API's Usage, or None when the upstream reported none."""
     if usage is None:
         return None
-    return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
+    return pb.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+        source=pb.USAGE_SOURCE_REPORTED,
+    )
 
 
 _FINISH_REASONS = {

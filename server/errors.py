@@ -28,13 +28,17 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from providers.errors import (
+    CallerLimitExceeded,
     GatewayError,
     InvalidRequest,
+    LimitsUnavailable,
     Overloaded,
+    PermissionDenied,
     RequestIncomplete,
     ServiceNotFound,
     ServiceNotReady,
     ShuttingDown,
+    Unauthenticated,
     UpstreamAuthError,
     UpstreamConversationBusy,
     UpstreamError,
@@ -94,6 +98,10 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (ServiceNotFound, grpc.StatusCode.NOT_FOUND),
     (ServiceNotReady, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (CallerLimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LimitsUnavailable, grpc.StatusCode.UNAVAILABLE),
     # A time limit passed before the call could start; the caller may send it again.
     (RequestIncomplete, grpc.StatusCode.DEADLINE_EXCEEDED),
     # Another replica can take the call: UNAVAILABLE is what clients retry elsewhere.
@@ -112,6 +120,14 @@ _STATUS_BY_ERROR: tuple[tuple[type[GatewayError], grpc.StatusCode], ...] = (
     (UpstreamTimeout, grpc.StatusCode.UNAVAILABLE),
     (UpstreamError, grpc.StatusCode.UNKNOWN),
     (GatewayError, grpc.StatusCode.UNKNOWN),
+)
+
+
+_Detail = (
+    error_details_pb2.ErrorInfo
+    | error_details_pb2.RetryInfo
+    | error_details_pb2.BadRequest
+    | error_details_pb2.QuotaFailure
 )
 
 
@@ -141,7 +157,7 @@ def status_for(error: Exception, scrub: Scrubber | None = None) -> ErrorStatus:
         )
     code = next(code for kind, code in _STATUS_BY_ERROR if isinstance(error, kind))
     metadata: dict[str, str] = {}
-    details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest] = []
+    details: list[_Detail] = []
     if isinstance(error, UpstreamError):
         metadata = {
             "provider": error.provider,
@@ -162,6 +178,14 @@ def status_for(error: Exception, scrub: Scrubber | None = None) -> ErrorStatus:
                 ]
             )
         )
+    if isinstance(error, CallerLimitExceeded):
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=f"key:{error.key}", description=error.limit)
+                ]
+            )
+        )
     details.insert(0, _error_info(error.reason, {key: value for key, value in metadata.items() if value}))
     # The gateway already retried what was worth retrying (providers/guard.py): tell clients'
     # retry policies not to multiply the upstream attempts (gRPC retry pushback, A6).
@@ -176,7 +200,7 @@ def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.Erro
 def _build(
     code: grpc.StatusCode,
     message: str,
-    details: list[error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo | error_details_pb2.BadRequest],
+    details: list[_Detail],
     extra_metadata: tuple[tuple[str, str], ...] = (),
 ) -> ErrorStatus:
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)

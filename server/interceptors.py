@@ -18,9 +18,13 @@
 - **Shutdown.** ``end_calls`` ends the calls still in flight at the end of the grace period:
   grpc's own cancellation then logs two tracebacks per call.
 
+- **Callers.** With caller keys configured, a call without a valid key is refused before its
+  request is read, and one to a service its key may not call, or past one of its key's limits,
+  before any upstream work (``server/admission.py``). Every call's usage (``server/usage.py``:
+  reported, or estimated for a cancelled, cut or failed call) settles its key's reservation.
+
 Metrics, the access log and span attributes are ``CallObserver``s, told of each call's
-``CallRecord`` (``server/metrics.py``, ``server/access_log.py``, ``server/tracing.py``); caller
-keys will be a further interceptor here.
+``CallRecord`` (``server/metrics.py``, ``server/access_log.py``, ``server/tracing.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,11 @@ from typing import Any, Protocol, TypeAlias, cast
 import grpc
 
 from providers.errors import GatewayOverloaded, InvalidRequest, RequestIncomplete, ShuttingDown, UpstreamError
+from server.admission import CallerAdmission
+from server.callers import CallerKey
 from server.errors import Scrubber, end_with
+from server.limits import Reservation
+from server.usage import UsageMeter, UsageSource
 
 _LOGGER = logging.getLogger(__name__)
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -76,6 +84,8 @@ class CallRecord:
     kind: str
     request_id: str
     started: float = field(default_factory=time.monotonic)
+    #: The name of the caller's key ("" when the gateway runs without keys, or none was valid).
+    caller: str = ""
     #: The service the request named, once it was found ("" otherwise: a caller's unknown name
     #: is never a metric label), and its provider.
     service: str = ""
@@ -84,14 +94,22 @@ class CallRecord:
     handling_started: float | None = None
     first_response: float | None = None
     messages_sent: int = 0
+    #: The call's usage once it ended: the upstream's, or estimated (``usage_source`` says which).
     input_tokens: int = 0
     output_tokens: int = 0
+    usage_source: UsageSource = UsageSource.UNSPECIFIED
     code: grpc.StatusCode = grpc.StatusCode.OK
     #: The ErrorInfo reason of a failure, and whether the upstream caused it.
     reason: str = ""
     upstream_failed: bool = False
+    #: The upstream provably did no work for the failed call (UpstreamError.unprocessed).
+    upstream_unprocessed: bool = False
     upstream_log_id: str = ""
     ended: float = 0.0
+    usage: UsageMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.usage = UsageMeter(self.method)
 
     @property
     def duration(self) -> float:
@@ -102,11 +120,15 @@ class CallRecord:
         """Whether the call got as far as its upstream (it ended OK, or the upstream failed)."""
         return bool(self.service) and (self.code == grpc.StatusCode.OK or self.upstream_failed)
 
-    def count_usage(self, response: Any) -> None:
-        usage = getattr(response, "usage", None)
-        if usage is not None and response.HasField("usage"):
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
+    @property
+    def upstream_may_have_worked(self) -> bool:
+        """Whether the upstream may have done (and billed) work: the call reached it, or was
+        cancelled or ended while it may have been under way."""
+        return bool(self.service) and (
+            (self.reached_upstream and not self.upstream_unprocessed)
+            or self.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+            or self.reason == ShuttingDown.reason
+        )
 
 
 class CallObserver(Protocol):
@@ -129,9 +151,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         *,
         provider_of: Callable[[str], str | None] = lambda _name: None,
         observers: Sequence[CallObserver] = (),
+        admission: CallerAdmission | None = None,
     ) -> None:
         self._limits = limits or CallLimits()
-        self._calls = _CallsInFlight(scrub or Scrubber(), self._limits, provider_of, tuple(observers))
+        self._calls = _CallsInFlight(scrub or Scrubber(), self._limits, provider_of, tuple(observers), admission)
         # Wrapped handlers by method: grpc hands out the same handler object for every call of
         # a method, so wrapping it once saves rebuilding closures and handlers on each call.
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
@@ -200,6 +223,7 @@ class _CallsInFlight:
     """
 
     __slots__ = (
+        "_admission",
         "_counted",
         "_ended",
         "_limits",
@@ -217,8 +241,10 @@ class _CallsInFlight:
         limits: CallLimits,
         provider_of: Callable[[str], str | None],
         observers: tuple[CallObserver, ...],
+        admission: CallerAdmission | None,
     ) -> None:
         self.scrub = scrub
+        self._admission = admission
         self._limits = limits
         self._provider_of = provider_of
         self._observers = observers
@@ -250,17 +276,41 @@ class _CallsInFlight:
         await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
         return call
 
+    def admit_and_authenticate(self, call: CallRecord, context: grpc.aio.ServicerContext[Any, Any]) -> CallerKey | None:
+        """Admit the call to the process (``admit``), then find its caller by its key when keys are
+        configured (Unauthenticated without a valid one)."""
+        self.admit()
+        if self._admission is None:
+            return None
+        caller = self._admission.authenticate(context.invocation_metadata())
+        if caller is not None:
+            call.caller = caller.name
+        return caller
+
     def identify(self, call: CallRecord, request: Any) -> None:
         """Note the service the request names, if there is one by that name, and start the handling clock."""
         call.handling_started = time.monotonic()
         name = getattr(request, "service_name", "")
         if name and (provider := self._provider_of(name)) is not None:
             call.service, call.provider = name, provider
+        call.usage.begin(request)
         for observer in self._observers:
             observer.call_started(call)
 
-    def finish(self, call: CallRecord) -> None:
+    async def admit_caller(self, call: CallRecord, caller: CallerKey | None, request: Any) -> Reservation | None:
+        """Refuse the call if its caller may not call the service it names or is at a limit; else its reservation."""
+        name = getattr(request, "service_name", None)
+        if caller is None or self._admission is None or name is None:
+            return None
+        return await self._admission.admit(
+            caller, name, call.service, call.request_id, request, call.usage.estimated_input
+        )
+
+    def finish(self, call: CallRecord, reservation: Reservation | None = None) -> None:
         call.ended = time.monotonic()
+        call.input_tokens, call.output_tokens, call.usage_source = call.usage.final(call.upstream_may_have_worked)
+        if reservation is not None and self._admission is not None:
+            self._admission.settle(reservation, call.input_tokens + call.output_tokens)
         for observer in self._observers:
             try:
                 observer.call_ended(call)
@@ -349,20 +399,21 @@ def _unary(
     async def unary(_requests: _Requests, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with calls.track(counted) as task:
             call = await calls.begin(method, kind, context)
+            reservation: Reservation | None = None
             try:
-                if counted:
-                    calls.admit()
+                caller = calls.admit_and_authenticate(call, context) if counted else None
                 request = await calls.first_request(context)
                 calls.identify(call, request)
+                reservation = await calls.admit_caller(call, caller, request)
                 response = await behavior(request, context)
                 if response is not None:
-                    call.count_usage(response)
+                    call.usage.observe(response)
                 return response
             except (Exception, asyncio.CancelledError) as error:
                 _fail(context, method, error, calls, task, call)
                 return None
             finally:
-                calls.finish(call)
+                calls.finish(call, reservation)
 
     return unary
 
@@ -374,24 +425,26 @@ def _server_stream(
         with calls.track(counted) as task:
             call = await calls.begin(method, "server_stream", context)
             responses: AsyncIterator[Any] | None = None
+            reservation: Reservation | None = None
             try:
-                if counted:
-                    calls.admit()
+                caller = calls.admit_and_authenticate(call, context) if counted else None
                 request = await calls.first_request(context)
                 calls.identify(call, request)
+                reservation = await calls.admit_caller(call, caller, request)
                 responses = behavior(request, context)
+                usage = call.usage
                 async for response in responses:
                     if call.first_response is None:
                         call.first_response = time.monotonic()
                     call.messages_sent += 1
-                    call.count_usage(response)
+                    usage.observe(response)
                     yield response
             except (Exception, asyncio.CancelledError) as error:
                 _fail(context, method, error, calls, task, call)
             finally:
                 if responses is not None:
                     await responses.aclose()  # type: ignore[attr-defined]
-                calls.finish(call)
+                calls.finish(call, reservation)
 
     return server_stream
 
@@ -455,6 +508,7 @@ def _fail(
     call.code, call.reason = status.code, getattr(error, "reason", "INTERNAL")
     if isinstance(error, UpstreamError):
         call.upstream_failed, call.upstream_log_id = True, calls.scrub(error.log_id, 128)
+        call.upstream_unprocessed = error.unprocessed
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

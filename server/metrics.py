@@ -86,8 +86,16 @@ class GatewayMetrics:
         )
         self._tokens = Counter(
             "aiplatform_tokens_total",
-            "Tokens as the upstreams reported them (direction: input or output).",
-            (*ai_labels, "direction"),
+            "Tokens used, by caller key (empty without keys), direction (input or output) and source "
+            "(reported by the upstream, or estimated by the gateway when it reported none).",
+            (*ai_labels, "caller", "direction", "source"),
+            registry=self.registry,
+        )
+        self._caller_refusals = Counter(
+            "aiplatform_caller_refusals_total",
+            "Calls refused for their caller key: UNAUTHENTICATED, PERMISSION_DENIED, or a limit of the key "
+            "(reason RATE_LIMITED, CALLER_OVERLOADED, TOKEN_QUOTA_EXCEEDED, LIMITS_UNAVAILABLE).",
+            ("caller", "reason"),
             registry=self.registry,
         )
         self._streams = Gauge(
@@ -119,6 +127,8 @@ class GatewayMetrics:
         if call.messages_sent and call.kind != "unary":
             self._sent.labels(*labels).inc(call.messages_sent)
         self._handling.labels(*labels).observe(call.duration)
+        if call.reason in CALLER_REFUSALS:
+            self._caller_refusals.labels(call.caller, call.reason).inc()
         if not call.service:
             return
         ai = (call.service, call.provider)
@@ -126,12 +136,26 @@ class GatewayMetrics:
             self._ttft.labels(*ai).observe(call.first_response - call.started)
         if call.reached_upstream and call.handling_started is not None:
             self._upstream.labels(*ai).observe(call.ended - call.handling_started)
+        source = call.usage_source.name.lower()
         if call.input_tokens:
-            self._tokens.labels(*ai, "input").inc(call.input_tokens)
+            self._tokens.labels(*ai, call.caller, "input", source).inc(call.input_tokens)
         if call.output_tokens:
-            self._tokens.labels(*ai, "output").inc(call.output_tokens)
+            self._tokens.labels(*ai, call.caller, "output", source).inc(call.output_tokens)
         if call.upstream_failed:
             self._upstream_errors.labels(*ai, call.reason).inc()
+
+
+#: The ErrorInfo reasons of the calls refused for their caller key.
+CALLER_REFUSALS = frozenset(
+    {
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "RATE_LIMITED",
+        "CALLER_OVERLOADED",
+        "TOKEN_QUOTA_EXCEEDED",
+        "LIMITS_UNAVAILABLE",
+    }
+)
 
 
 def _is_stream_to_a_service(call: CallRecord) -> bool:

@@ -18,6 +18,7 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import AIService
 from providers.registry import ServiceRegistry
 from server import convert
+from server.callers import current_caller
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -30,8 +31,14 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
         self._limits = limits or convert.RequestLimits()
 
     async def ListServices(self, request: pb.ListServicesRequest, context: Context) -> pb.ListServicesResponse:
+        # A caller with a key sees only the services its key may call (server/interceptors.py sets it).
+        caller = current_caller.get()
         return pb.ListServicesResponse(
-            services=[_service_info(service) for service in self._registry.list(request.service_type)]
+            services=[
+                _service_info(service)
+                for service in self._registry.list(request.service_type)
+                if caller is None or caller.may_call(service.name)
+            ]
         )
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:

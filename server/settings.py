@@ -9,6 +9,7 @@ the variables that hold their secrets and never holds a secret itself.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from providers.base import ParameterSpec
 from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
 from providers.limits import DEFAULT_LIMITS, ServiceLimits
+from server.callers import KEY_NAME, KeyEntry
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _LOG_FORMATS = ("text", "json")
@@ -99,6 +101,18 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     metrics_address: str = Field("", description="host:port of the Prometheus /metrics endpoint; off when empty")
+    reflection: bool = Field(
+        True, description="serve gRPC reflection (grpcurl without the .proto); false in production"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="allow listening on a non-loopback address with no caller keys configured"
+    )
+    redis_url: OptionalSecret = Field(
+        None, description="redis://host:port/db: keep the keys' limits in Redis, shared by every replica"
+    )
+    redis_fail_open: bool = Field(
+        False, description="with Redis unreachable, admit calls without limits (true) or refuse them (UNAVAILABLE)"
+    )
     tls_cert_file: Annotated[Path | None, BeforeValidator(_empty_is_unset)] = Field(
         None, description="PEM certificate chain: serve TLS (with AIP_TLS_KEY_FILE)"
     )
@@ -129,6 +143,7 @@ class GatewaySettings(BaseSettings):
     total_timeout_seconds: float = Field(DEFAULT_LIMITS.total_timeout_seconds, gt=0)
     max_attempts: int = Field(DEFAULT_LIMITS.max_attempts, ge=1, le=10)
     max_concurrent_calls: int = Field(DEFAULT_LIMITS.max_concurrent_calls, ge=1)
+    reserved_output_tokens: int = Field(DEFAULT_LIMITS.reserved_output_tokens, ge=1)
     max_messages: int = Field(100, ge=1, description="messages in one chat request")
     max_message_bytes: int = Field(256 * 1024, ge=1, description="UTF-8 bytes of one message's content")
     max_parameters_bytes: int = Field(64 * 1024, ge=1, description="encoded size of a request's parameters")
@@ -277,6 +292,7 @@ class ServiceEntry(BaseModel):
     total_timeout_seconds: float | None = Field(None, gt=0)
     max_attempts: int | None = Field(None, ge=1, le=10)
     max_concurrent_calls: int | None = Field(None, ge=1)
+    reserved_output_tokens: int | None = Field(None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, InputEntry] = Field(default_factory=dict)
 
@@ -304,11 +320,23 @@ class ServiceEntry(BaseModel):
 
 
 class ServiceFile(BaseModel):
-    """The AIP_CONFIG file: named services."""
+    """The AIP_CONFIG file: named services, and caller keys (``server/callers.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     services: dict[str, ServiceEntry] = Field(default_factory=dict)
+    keys: dict[str, KeyEntry] = Field(default_factory=dict)
+
+    @field_validator("keys")
+    @classmethod
+    def _key_names(cls, keys: dict[str, KeyEntry]) -> dict[str, KeyEntry]:
+        for name in keys:
+            if not KEY_NAME.match(name):
+                raise ValueError(f"{name!r}: a key name is a letter, then letters, digits, _ . or - (at most 64)")
+        digests = [entry.sha256.lower() for entry in keys.values()]
+        if len(set(digests)) != len(digests):
+            raise ValueError("two keys have the same sha256: each caller needs a key of its own")
+        return keys
 
 
 class Settings(BaseModel):
@@ -319,6 +347,8 @@ class Settings(BaseModel):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     #: Services declared in the AIP_CONFIG file, secrets resolved.
     file_services: tuple[ServiceConfig, ...] = ()
+    #: Caller keys declared in the AIP_CONFIG file, by name; none: the gateway runs open.
+    caller_keys: dict[str, KeyEntry] = Field(default_factory=dict)
 
     @classmethod
     def from_environment(cls, env_file: Path | None = Path(".env")) -> Settings:
@@ -330,11 +360,29 @@ class Settings(BaseModel):
         """
         gateway = GatewaySettings(_env_file=env_file)
         variables = _variables(env_file)
+        config_file = read_config_file(gateway.config) if gateway.config else ServiceFile()
         return cls(
             gateway=gateway,
             coze=CozeSettings(_env_file=env_file),
             openai=OpenAISettings(_env_file=env_file),
-            file_services=load_service_file(gateway.config, variables, gateway) if gateway.config else (),
+            file_services=file_service_configs(config_file, variables, gateway),
+            caller_keys=config_file.keys,
+        )
+
+    def check_exposure(self) -> None:
+        """Refuse (ConfigError) to listen beyond this host with no caller keys, unless that is allowed.
+
+        Raises:
+            ConfigError: the address is not a loopback one, no key is configured and
+                AIP_ALLOW_UNAUTHENTICATED is not true.
+        """
+        gateway = self.gateway
+        if self.caller_keys or gateway.allow_unauthenticated or is_loopback(gateway.address):
+            return
+        raise ConfigError(
+            f"AIP_ADDRESS {gateway.address} is reachable from other hosts and no caller keys are configured: "
+            "configure [keys.<name>] in the AIP_CONFIG file (aiplatform-server keygen), or set "
+            "AIP_ALLOW_UNAUTHENTICATED=true if the network in front of the gateway admits only its callers"
         )
 
     def service_configs(self) -> list[ServiceConfig]:
@@ -382,6 +430,11 @@ class Settings(BaseModel):
 
 def load_service_file(path: Path, variables: Mapping[str, str], gateway: GatewaySettings) -> tuple[ServiceConfig, ...]:
     """The services the TOML file at ``path`` declares; secrets come from ``variables``."""
+    return file_service_configs(read_config_file(path), variables, gateway)
+
+
+def read_config_file(path: Path) -> ServiceFile:
+    """The AIP_CONFIG file at ``path``, checked (ConfigError names the file and each problem)."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -396,13 +449,21 @@ def load_service_file(path: Path, variables: Mapping[str, str], gateway: Gateway
             for item in error.errors()
         )
         raise ConfigError(f"AIP_CONFIG {path}: {problems}") from error
-    defaults = gateway.service_limits()
-    configs = []
-    for name, entry in parsed.services.items():
+    for name in parsed.services:
         if not _SERVICE_NAME.match(name):
             raise ConfigError(
                 f"AIP_CONFIG {path}: services.{name}: a service name is a letter, then letters, digits, _ . or -"
             )
+    return parsed
+
+
+def file_service_configs(
+    parsed: ServiceFile, variables: Mapping[str, str], gateway: GatewaySettings
+) -> tuple[ServiceConfig, ...]:
+    """The services a checked AIP_CONFIG file declares; secrets come from ``variables``."""
+    defaults = gateway.service_limits()
+    configs = []
+    for name, entry in parsed.services.items():
         configs.append(
             ServiceConfig(
                 name=name,
@@ -423,6 +484,17 @@ def load_service_file(path: Path, variables: Mapping[str, str], gateway: Gateway
             )
         )
     return tuple(configs)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` listens on this host only (127.0.0.0/8, ::1, localhost)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or 0.0.0.0 / [::]: reachable from elsewhere
 
 
 def _variables(env_file: Path | None) -> dict[str, str]:

@@ -55,6 +55,8 @@ SERVICE = "aiplatform.service"
 PROVIDER = "aiplatform.provider"
 INPUT_TOKENS = "aiplatform.input_tokens"
 OUTPUT_TOKENS = "aiplatform.output_tokens"
+USAGE_SOURCE = "aiplatform.usage_source"
+CALLER = "aiplatform.caller"
 REQUEST_ID = "aiplatform.request_id"
 UPSTREAM_LOG_ID = "aiplatform.upstream_log_id"
 REASON = "aiplatform.reason"
@@ -103,12 +105,15 @@ class CallSpans:
         # conventions' name has no leading slash.
         span.update_name(call.method.lstrip("/"))
         attributes: dict[str, str | int] = {REQUEST_ID: call.request_id, GRPC_STATUS_CODE: call.code.value[0]}
+        if call.caller:
+            attributes[CALLER] = call.caller
         if call.service:
             attributes |= {
                 SERVICE: call.service,
                 PROVIDER: call.provider,
                 INPUT_TOKENS: call.input_tokens,
                 OUTPUT_TOKENS: call.output_tokens,
+                USAGE_SOURCE: call.usage_source.name.lower(),
             }
         if call.upstream_log_id:  # the log id of the upstream's failure (else the responses' set it)
             attributes[UPSTREAM_LOG_ID] = call.upstream_log_id

@@ -17,7 +17,7 @@ import signal
 import socket
 from collections.abc import Iterator
 
-from server.app import AddressInUse, serve
+from server.app import AddressInUse, serve, warn_when_open
 from server.metrics import multiprocess_directory, multiprocess_registry, serve_metrics, worker_exited
 from server.services import check_providers
 from server.settings import Settings
@@ -37,6 +37,7 @@ def run_workers(settings: Settings) -> int:
             update={"gateway": settings.gateway.model_copy(update={"address": address})}
         )
         _LOGGER.info("starting %d workers on %s", settings.gateway.workers, address)
+        warn_when_open(worker_settings)
         children = [_fork_worker(worker_settings, metrics_directory) for _ in range(settings.gateway.workers)]
 
         def forward(signum: int, _frame: object) -> None:

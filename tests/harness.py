@@ -11,7 +11,7 @@ conftest (`gateway`, `target`, `channel`, `stub`) and `tests.fakes.upstreams.ser
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,6 +23,7 @@ from providers.guard import Backoff
 from providers.limits import ServiceLimits
 from providers.registry import ServiceRegistry
 from server.app import GatewayServer, start_server
+from server.callers import KeyEntry
 from server.settings import CozeSettings, GatewaySettings, Settings
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ GuardedService = tuple[AIService, ServiceLimits] | tuple[AIService, ServiceLimit
 ServiceSpec = AIService | GuardedService
 
 
-def make_settings(fake_coze: FakeCoze | None, **gateway: Any) -> Settings:
-    """Settings for a test gateway on a free port, pointed at ``fake_coze`` when given."""
+def make_settings(
+    fake_coze: FakeCoze | None, *, caller_keys: Mapping[str, KeyEntry] | None = None, **gateway: Any
+) -> Settings:
+    """Settings for a test gateway on a free port, pointed at ``fake_coze`` when given, with ``caller_keys``."""
     coze = (
         CozeSettings(_env_file=None, api_token=fake_coze.token, api_base=fake_coze.base_url)
         if fake_coze is not None
@@ -46,6 +49,7 @@ def make_settings(fake_coze: FakeCoze | None, **gateway: Any) -> Settings:
     return Settings(
         gateway=GatewaySettings(_env_file=None, address="127.0.0.1:0", **gateway),
         coze=coze,
+        caller_keys=dict(caller_keys or {}),
     )
 
 

@@ -196,7 +196,12 @@ async def test_chat_run_workflow_and_resume_workflow_reach_the_gateway(node: str
 
     chat, run, resume = result["chat"], result["run"], result["resume"]
     assert (chat["content"], chat["finish_reason"]) == ("a whole answer", "FINISH_REASON_STOP")
-    assert chat["usage"] == {"input_tokens": 3, "output_tokens": 3, "total_tokens": 6}
+    assert chat["usage"] == {
+        "input_tokens": 3,
+        "output_tokens": 3,
+        "total_tokens": 6,
+        "source": "USAGE_SOURCE_REPORTED",
+    }
     assert json.loads(run["output"]) == {
         "output": {"city": "北京", "days": 3, "ok": True, "none": None, "list": [1, "x"]}
     }

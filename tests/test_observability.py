@@ -125,8 +125,17 @@ async def test_metrics_count_real_calls_by_code_tokens_errors_and_streams_in_fli
     assert _value(after, "grpc_server_msg_sent_total", **_grpc("StreamChat", "server_stream")) >= 4
     openai = {"service": "openai", "provider": "openai"}
     # Usage as the fake reported it, for the OK stream and the OK unary call.
-    assert _value(after, "aiplatform_tokens_total", **openai, direction="input") == 2 * fake.PROMPT_TOKENS
-    assert _value(after, "aiplatform_tokens_total", **openai, direction="output") == 2 * fake.COMPLETION_TOKENS
+    reported = {"caller": "", "source": "reported"}
+    assert _value(after, "aiplatform_tokens_total", **openai, **reported, direction="input") == 2 * fake.PROMPT_TOKENS
+    assert (
+        _value(after, "aiplatform_tokens_total", **openai, **reported, direction="output") == 2 * fake.COMPLETION_TOKENS
+    )
+    # The failed call's upstream did no work (a 5xx before any event): no tokens, not even estimated ones.
+    estimated = {"caller": "", "source": "estimated"}
+    assert _value(after, "aiplatform_tokens_total", **openai, **estimated, direction="input") == 0
+    # The held echo stream, cancelled: its input counts, estimated (the upstream had it).
+    echo = {"service": "echo", "provider": "echo"}
+    assert _value(after, "aiplatform_tokens_total", **echo, **estimated, direction="input") > 0
     assert _value(after, "aiplatform_upstream_errors_total", **openai, reason="UPSTREAM_UNAVAILABLE") == 1
     assert _value(after, "aiplatform_time_to_first_token_seconds_count", **openai) == 1
     assert _value(after, "aiplatform_upstream_request_seconds_count", **openai) == 3
@@ -152,7 +161,15 @@ async def test_two_workers_are_scraped_as_one_gateway(tmp_path: Path) -> None:
 
     total = calls_per_channel * channels
     assert _value(samples, "grpc_server_handled_total", **_grpc("StreamChat", "server_stream", grpc_code="OK")) == total
-    tokens = _value(samples, "aiplatform_tokens_total", service="openai", provider="openai", direction="output")
+    tokens = _value(
+        samples,
+        "aiplatform_tokens_total",
+        service="openai",
+        provider="openai",
+        caller="",
+        direction="output",
+        source="reported",
+    )
     assert tokens == total * fake.COMPLETION_TOKENS
 
 

@@ -62,6 +62,7 @@ MODEL_BURST_CUT = "fake-burst-cut"  # stream: BURST_PIECES deltas (burst_pieces(
 #   non-stream: half the body, then a hang-up
 MODEL_ECHO_AUTH = "fake-echo-auth"  # HTTP 400 whose message quotes every request header, Authorization too
 MODEL_HUGE_ERROR = "fake-huge-error"  # HTTP 500 with a 1 MiB message
+MODEL_NO_USAGE = "fake-no-usage"  # the normal answer without usage, stream_options or not (as some servers do)
 MODEL_CUT_AT_START = "fake-cut-at-start"  # the role chunk (generation has begun), then the cut, no content
 #   (non-stream: the headers, then the cut)
 
@@ -207,7 +208,7 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
         if early := self._scenario_error(model, request):
             return early
         if body.get("stream") is True:
-            include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+            include_usage = (body.get("stream_options") or {}).get("include_usage") is True and model != MODEL_NO_USAGE
             async with self._event_stream(request, model, "text/event-stream; charset=utf-8") as response:
                 await self._write_stream(request, response, model, include_usage=include_usage)
             return response
@@ -344,7 +345,7 @@ class FakeOpenAI(FakeUpstream[RecordedRequest]):
                     "finish_reason": "length" if model == MODEL_LENGTH else "stop",
                 }
             ],
-            "usage": usage(),
+            "usage": None if model == MODEL_NO_USAGE else usage(),
         }
         if model == MODEL_CUT_AT_START:
             # The headers (the model is generating), then the connection goes before any body.
