@@ -20,7 +20,6 @@ from providers.registry import ServiceRegistry
 from server.access_log import AccessLog
 from server.admission import CallerAdmission, ServiceAllowance
 from server.callers import CallerKeys
-from server.convert import RequestLimits
 from server.errors import Scrubber
 from server.interceptors import CallInterceptor, CallLimits, CallObserver
 from server.limits import CallerLimits, LimitStore, MemoryLimitStore, RedisLimitStore
@@ -156,11 +155,7 @@ async def _start_server(
     # The tracing interceptor first: its span then encloses all that CallInterceptor does, observers included.
     interceptors: list[grpc.aio.ServerInterceptor] = [tracing.interceptor, calls] if tracing else [calls]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    limits = RequestLimits(
-        max_messages=gateway.max_messages,
-        max_message_bytes=gateway.max_message_bytes,
-        max_parameters_bytes=gateway.max_parameters_bytes,
-    )
+    limits = gateway.request_limits()
     pb_grpc.add_AIPlatformServiceServicer_to_server(AIPlatformServicer(registry, limits), server)
 
     health_servicer = health.aio.HealthServicer()

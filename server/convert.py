@@ -49,10 +49,14 @@ _MAX_PATH_CHARS = 100
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
-    """How large a request may be (the AIP_MAX_* settings); the messages name the setting."""
+    """How large a request may be: the one declaration of the AIP_MAX_* settings below, whose names
+    the error messages quote."""
 
+    #: Messages in one chat request.
     max_messages: int = 100
+    #: UTF-8 bytes of one message's content (and of a resume's data).
     max_message_bytes: int = 256 * 1024
+    #: Encoded size of a request's parameters.
     max_parameters_bytes: int = 64 * 1024
 
 

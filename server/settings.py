@@ -39,6 +39,7 @@ from providers.base import ParameterSpec
 from providers.catalog import DEFAULT_COZE_BASE_URL, DEFAULT_OPENAI_BASE_URL, ServiceConfig
 from providers.limits import DEFAULT_LIMITS, ServiceLimits
 from server.callers import KEY_NAME, KeyEntry
+from server.convert import RequestLimits
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _LOG_FORMATS = ("text", "json")
@@ -80,6 +81,7 @@ OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 #: The names of the per-service limits: fields of GatewaySettings (every service's) and of ServiceEntry (one's).
 _LIMIT_NAMES = tuple(limit.name for limit in fields(ServiceLimits))
+DEFAULT_REQUEST_LIMITS = RequestLimits()
 
 
 class GatewaySettings(BaseSettings):
@@ -144,9 +146,10 @@ class GatewaySettings(BaseSettings):
     max_attempts: int = Field(DEFAULT_LIMITS.max_attempts, ge=1, le=10)
     max_concurrent_calls: int = Field(DEFAULT_LIMITS.max_concurrent_calls, ge=1)
     reserved_output_tokens: int = Field(DEFAULT_LIMITS.reserved_output_tokens, ge=1)
-    max_messages: int = Field(100, ge=1, description="messages in one chat request")
-    max_message_bytes: int = Field(256 * 1024, ge=1, description="UTF-8 bytes of one message's content")
-    max_parameters_bytes: int = Field(64 * 1024, ge=1, description="encoded size of a request's parameters")
+    # A request's size limits: RequestLimits declares their names and defaults (server/convert.py).
+    max_messages: int = Field(DEFAULT_REQUEST_LIMITS.max_messages, ge=1)
+    max_message_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_message_bytes, ge=1)
+    max_parameters_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_parameters_bytes, ge=1)
     max_receive_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest gRPC request accepted at all (RESOURCE_EXHAUSTED above)"
     )
@@ -167,6 +170,10 @@ class GatewaySettings(BaseSettings):
     def tracing_on(self) -> bool:
         """Whether calls are traced: AIP_TRACING when set, else whether an OTLP endpoint is."""
         return self.tracing if self.tracing is not None else bool(self.otlp_endpoint)
+
+    def request_limits(self) -> RequestLimits:
+        """How large a request may be."""
+        return RequestLimits(**{limit.name: getattr(self, limit.name) for limit in fields(RequestLimits)})
 
     def service_limits(self) -> ServiceLimits:
         """The limits every service starts from (the config file may set a service's own)."""

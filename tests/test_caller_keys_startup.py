@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +33,18 @@ async def _keygen(*arguments: str) -> tuple[int, str, str]:
     return process.returncode or 0, stdout.decode(), stderr.decode()
 
 
+async def _grpcurl(target: str, headers: list[str]) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-plaintext",
+        *headers,
+        "-d", '{"service_name":"echo","messages":[{"role":"user","content":"by grpcurl"}]}',
+        target,
+        "aiplatform.v1.AIPlatformService/Chat",
+    ]  # fmt: skip
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
+
+
 async def test_a_key_from_keygen_pasted_into_the_config_file_calls_the_gateway(tmp_path: Path) -> None:
     code, printed, _ = await _keygen("team-search")
     assert code == 0
@@ -47,7 +60,13 @@ async def test_a_key_from_keygen_pasted_into_the_config_file_calls_the_gateway(t
         )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await gateway.stub.ListServices(pb.ListServicesRequest())
+        # grpcurl as the README shows it (reflection needs no key), with the key and without.
+        with_key, without_key = [
+            await _grpcurl(gateway.target, headers) for headers in (["-H", f"authorization: Bearer {key}"], [])
+        ]
         log = b"".join(gateway.startup_log)
+    assert with_key.returncode == 0 and '"content": "by grpcurl"' in with_key.stdout, with_key.stderr
+    assert without_key.returncode != 0 and "Unauthenticated" in without_key.stderr
     assert answer.content == "hello"
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _OPEN_WARNING not in log
