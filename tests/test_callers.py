@@ -291,6 +291,22 @@ async def test_a_cancelled_stream_settles_to_what_was_delivered(
     assert_refused(error, "TOKEN_QUOTA_EXCEEDED", "tokens_per_minute", retry=True)
 
 
+async def test_a_cut_stream_is_billed_what_went_in_and_came_out_as_an_estimate(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with keyed_gateway(upstream, alpha=entry(ALPHA_KEY, ["*"], tokens_per_minute=10_000)) as gateway:
+        with caplog.at_level(logging.INFO, logger="aiplatform.access"):
+            messages, error = await collect(
+                gateway.stub.StreamChat(stream(model=openai.MODEL_CUT), metadata=bearer(ALPHA_KEY))
+            )
+            await asyncio.sleep(0.1)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    delivered = "".join(message.delta for message in messages)
+    assert delivered and not any(message.HasField("usage") for message in messages)
+    line = next(record.getMessage() for record in caplog.records if record.name == "aiplatform.access")
+    assert f"tokens={estimate_tokens('hi') + 4}/{estimate_tokens(delivered)}(estimated) caller=alpha" in line
+
+
 async def test_a_call_refused_before_the_upstream_uses_no_tokens(upstream: Upstream) -> None:
     async with keyed_gateway(upstream, alpha=entry(ALPHA_KEY, ["*"], tokens_per_minute=100)) as gateway:
         bad = chat(max_tokens=60)
