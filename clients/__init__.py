@@ -6,12 +6,16 @@
         answer = client.stream_chat("echo", [{"role": "user", "content": "你好"}], callback=print_chunk)
 
 Every failed call raises ``AIPlatformError`` with the gRPC status code, message and the gateway's error details.
+
+A gateway with caller keys wants one on every call: ``AIPlatformClient(target, api_key=key)``, or the key in
+``$AIP_API_KEY`` (read when ``api_key`` is not given); the clients send it as ``authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
 from clients._async import AsyncAIPlatformClient
 from clients._common import (
+    API_KEY_VARIABLE,
     AIPlatformError,
     ChatCallback,
     MessageLike,
@@ -23,6 +27,7 @@ from clients._common import (
 from clients._sync import AIPlatformClient
 
 __all__ = [
+    "API_KEY_VARIABLE",
     "AIPlatformClient",
     "AIPlatformError",
     "AsyncAIPlatformClient",

@@ -47,8 +47,9 @@ class AsyncAIPlatformClient(ClientBase):
         options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         service_config: ServiceConfigOption = UNSET,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(target, timeout=timeout, metadata=metadata)
+        super().__init__(target, timeout=timeout, metadata=metadata, api_key=api_key)
         options = channel_options(options, service_config)
         self._channel = (
             grpc.aio.insecure_channel(target, options=options)

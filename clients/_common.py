@@ -7,6 +7,7 @@ import enum
 import importlib.resources
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
@@ -284,20 +285,48 @@ def channel_options(
 # --- call options -----------------------------------------------------------------------------
 
 
+#: The environment variable a client takes its caller key from when given no ``api_key``.
+API_KEY_VARIABLE = "AIP_API_KEY"
+_AUTHORIZATION_KEY = "authorization"
+
+
+def api_key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """``authorization: Bearer <key>`` for ``api_key`` (``$AIP_API_KEY`` when None); empty for an empty key.
+
+    Raises:
+        ValueError: the key holds characters gRPC metadata cannot carry; the message does not repeat it.
+    """
+    key = (os.environ.get(API_KEY_VARIABLE, "") if api_key is None else api_key).strip()
+    if not key:
+        return ()
+    # gRPC refuses such a value only when a call sends it, as INTERNAL "Invalid metadata" (grpc.aio: an
+    # ExecuteBatchError); refusing it here says what is wrong, before any call.
+    if not all(" " <= character <= "~" for character in key):
+        raise ValueError(
+            f"the caller key (api_key or ${API_KEY_VARIABLE}) may hold only printable ASCII characters: "
+            "gRPC metadata cannot carry others"
+        )
+    return ((_AUTHORIZATION_KEY, f"Bearer {key}"),)
+
+
 class ClientBase:
     """The settings both clients share, and the per-call options built from them."""
 
-    def __init__(self, target: str, *, timeout: float | None, metadata: Metadata) -> None:
+    def __init__(self, target: str, *, timeout: float | None, metadata: Metadata, api_key: str | None) -> None:
         self.target = target
         #: The deadline in seconds for calls that pass no ``timeout=``; None leaves it to the service config.
         self.timeout = timeout
         self.metadata: tuple[tuple[str, str | bytes], ...] = tuple(metadata)
+        # The key is kept only here, out of ``metadata`` and the repr. It goes out as metadata of each call
+        # rather than as call credentials, which grpc refuses on a plaintext channel; every stub call, unary
+        # or streaming, takes its metadata from _call_options, so no interceptor is needed either.
+        self._key_metadata = api_key_metadata(api_key)
 
     def _call_options(self, timeout: Timeout, metadata: Metadata | None) -> dict[str, Any]:
-        """Keyword arguments for a stub call: this call's timeout and metadata over the client's."""
+        """Keyword arguments for a stub call: this call's timeout and metadata over the client's (and its key)."""
         return {
             "timeout": self.timeout if timeout is UNSET else timeout,
-            "metadata": merge_metadata(self.metadata, metadata) or None,
+            "metadata": merge_metadata(merge_metadata(self._key_metadata, self.metadata), metadata) or None,
         }
 
     def __repr__(self) -> str:

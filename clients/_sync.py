@@ -46,6 +46,14 @@ class AIPlatformClient(ClientBase):
             ready gateway, a 600 s deadline, and UNAVAILABLE or CANCELLED retried only before the first response
             message. None for grpc's defaults (pick_first, no retry policy, fail fast); a ``grpc.service_config``
             in ``options`` wins over this.
+        api_key: The caller key, for a gateway with ``[keys.NAME]`` configured: sent with every call as
+            ``authorization: Bearer <key>``, over plaintext and TLS alike (use TLS beyond one host). None (the
+            default) takes ``$AIP_API_KEY``; "" sends no key, whatever the variable says. The key never shows in
+            the client's repr, in the errors it raises or in its logs. An ``authorization`` entry in
+            ``metadata``, or in a call's ``metadata=``, replaces it.
+
+    Raises:
+        ValueError: the key holds characters other than printable ASCII, which gRPC metadata cannot carry.
     """
 
     def __init__(
@@ -57,8 +65,9 @@ class AIPlatformClient(ClientBase):
         options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         service_config: ServiceConfigOption = UNSET,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(target, timeout=timeout, metadata=metadata)
+        super().__init__(target, timeout=timeout, metadata=metadata, api_key=api_key)
         options = channel_options(options, service_config)
         self._channel = (
             grpc.insecure_channel(target, options=options)

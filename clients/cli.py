@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from clients._common import AIPlatformError, default_service_config, to_struct
+from clients._common import API_KEY_VARIABLE, AIPlatformError, default_service_config, to_struct
 from clients._sync import AIPlatformClient
 
 PROGRAM = "aiplatform"
@@ -49,8 +49,9 @@ exit codes:
   {EXIT_WAITING_FOR_INPUT}       the workflow waits for input and no answer was at hand: not a terminal and
           no --answer left; the interrupt and the command that answers it go to stderr
   {EXIT_GRPC_ERROR_BASE}+N    the call failed with gRPC status code N, e.g. 13 INVALID_ARGUMENT,
-          14 DEADLINE_EXCEEDED, 15 NOT_FOUND, 18 RESOURCE_EXHAUSTED, 19 FAILED_PRECONDITION,
-          24 UNAVAILABLE; stderr has one line: "{PROGRAM}: CODE: message (reason REASON)"
+          14 DEADLINE_EXCEEDED, 15 NOT_FOUND, 17 PERMISSION_DENIED, 18 RESOURCE_EXHAUSTED,
+          19 FAILED_PRECONDITION, 24 UNAVAILABLE, 26 UNAUTHENTICATED (no key, or a wrong one: see
+          --api-key); stderr has one line: "{PROGRAM}: CODE: message (reason REASON)"
   {EXIT_CANCELLED}     Ctrl-C (the call is cancelled on the gateway)
 """
 
@@ -73,8 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     printer = Printer(as_json=args.json)
     try:
+        client = AIPlatformClient(
+            args.target, timeout=args.timeout, service_config=_service_config(), api_key=args.api_key
+        )
+    except ValueError as error:  # a key gRPC cannot send; the message does not repeat it
+        printer.note(f"{PROGRAM}: {error}")
+        return EXIT_USAGE
+    try:
         # Closing the client cancels a call still running, whatever ended the block.
-        with AIPlatformClient(args.target, timeout=args.timeout, service_config=_service_config()) as client:
+        with client:
             command: Callable[[AIPlatformClient, argparse.Namespace, Printer], int] = args.run
             return command(client, args, printer)
     except AIPlatformError as error:
@@ -184,6 +192,13 @@ def _common_options(default_target: str, *, top_level: bool) -> argparse.Argumen
         default=default(None),
         metavar="SECONDS",
         help="deadline of each call (default: the client's service config, 600 s)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=default(None),
+        metavar="KEY",
+        help=f"the caller key, sent as 'authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; prefer the "
+        "variable, since a command line shows in ps and shell history; '' sends none)",
     )
     group.add_argument(
         "--json",
@@ -515,6 +530,7 @@ def _report_waiting(printer: Printer, args: argparse.Namespace, interrupt: pb.Wo
         command += ["--workflow-id", args.workflow_id]
     if args.target != (os.environ.get(TARGET_VARIABLE) or DEFAULT_TARGET):
         command += ["--target", args.target]
+    # Never --api-key: the key is not printed, so one given that way has to be given again (or set in the variable).
     printer.note(f"{PROGRAM}: answer it with: {shlex.join(command)} --answer ANSWER")
 
 

@@ -1,4 +1,5 @@
-"""The Go client (clients/go): its example against a real gateway process, and its generated code is current.
+"""The Go client (clients/go): its example against a real gateway process (with caller keys too), and its
+generated code is current.
 
 Go and its libraries come from Debian (`.ci/setup-go.sh`); the example builds offline in GOPATH
 mode. Without them the tests skip loudly, except in CI (AIP_CI set), where they fail.
@@ -19,6 +20,7 @@ from typing import NoReturn
 import pytest
 
 from tests.gateway_process import gateway_env, running_gateway
+from tests.test_client_keys import ALPHA_KEY, WRONG_KEY, keyed_gateway_env
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_CLIENT = ROOT / "clients" / "go"
@@ -122,6 +124,35 @@ async def test_go_example_lists_services_streams_a_chat_and_reads_error_details(
         for line in lines
     ), output
     assert any(line.startswith("error info reason=SERVICE_NOT_FOUND domain=aiplatform.v1 ") for line in lines), output
+
+
+async def test_go_example_sends_its_api_key_to_a_gateway_with_keys(go_example: Path, tmp_path: Path) -> None:
+    async with running_gateway(keyed_gateway_env(tmp_path), tmp_path) as gateway:
+        example = [str(go_example), "-target", gateway.target]
+        from_environment = await run_timed(example, gateway_env(AIP_API_KEY=ALPHA_KEY))
+        # The flag wins over the variable.
+        from_flag = await run_timed([*example, "-api-key", ALPHA_KEY], gateway_env(AIP_API_KEY=WRONG_KEY))
+        without = await run_timed(example, gateway_env())
+        wrong = await run_timed([*example, "-api-key", WRONG_KEY], gateway_env())
+        unsendable = await run_timed([*example, "-api-key", "aip_secret\x01"], gateway_env())
+
+    for code, timed_lines, stderr in (from_environment, from_flag):
+        lines = [line for _, line in timed_lines]
+        assert code == 0, f"the Go example exited {code}\nstdout:\n{lines}\nstderr:\n{stderr}"
+        assert "service echo type=chat provider=echo ready=true" in lines
+        assert "finish FINISH_REASON_STOP output_tokens=3" in lines  # the streaming call
+        assert any(line.startswith("error info reason=SERVICE_NOT_FOUND ") for line in lines)
+    for code, timed_lines, stderr in (without, wrong):
+        assert (code, timed_lines) == (1, []), stderr
+        assert stderr.startswith("example: ListServices: rpc error: code = Unauthenticated desc = "), stderr
+        assert WRONG_KEY not in stderr
+    assert "a caller key is required" in without[2]
+    assert "the caller key is not valid" in wrong[2]
+    # A key gRPC metadata cannot carry fails the call in the client, without repeating the key.
+    code, timed_lines, stderr = unsendable
+    assert (code, timed_lines) == (1, []), stderr
+    assert "code = Unauthenticated" in stderr and "printable ASCII" in stderr, stderr
+    assert "secret" not in stderr
 
 
 def test_committed_go_code_matches_protos(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The Node.js client (clients/node) against a real gateway process: its example, streams, errors, service config.
+"""The Node.js client (clients/node) against a real gateway process: its example, streams, errors, service config,
+caller keys.
 
 Without Node.js these tests skip, loudly; in CI (``AIP_CI`` set) they fail instead, so that CI never
 passes without having run the Node client.
@@ -22,6 +23,7 @@ import pytest
 from providers.errors import InvalidRequest, UpstreamRateLimited
 from server.errors import status_for
 from tests.gateway_process import GatewayProcess, gateway_env, running_gateway
+from tests.test_client_keys import ALPHA_KEY, WRONG_KEY, keyed_gateway_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_CLIENT = ROOT / "clients" / "node"
@@ -89,9 +91,9 @@ async def _run_node(node: str, *arguments: str, env: dict[str, str] | None = Non
     return process.returncode or 0, stdout.decode(), stderr.decode()
 
 
-async def _node_json(node: str, script: str, *arguments: str) -> Any:
+async def _node_json(node: str, script: str, *arguments: str, env: dict[str, str] | None = None) -> Any:
     """Run ``script`` (which requires the client as ``require(process.argv[1])``) and parse the JSON it prints."""
-    code, stdout, stderr = await _run_node(node, "-e", script, str(NODE_CLIENT / "client.js"), *arguments)
+    code, stdout, stderr = await _run_node(node, "-e", script, str(NODE_CLIENT / "client.js"), *arguments, env=env)
     assert code == 0, f"node failed ({code}):\n{stdout}\n{stderr}"
     return json.loads(stdout)
 
@@ -209,6 +211,96 @@ async def test_chat_run_workflow_and_resume_workflow_reach_the_gateway(node: str
     # echo_workflow never interrupts: the gateway refuses to resume it, naming the field.
     assert (resume["codeName"], resume["errorInfo"]["reason"]) == ("INVALID_ARGUMENT", "INVALID_REQUEST")
     assert resume["badRequest"]["field_violations"][0]["field"] == "service_name"
+
+
+@pytest.fixture
+async def keyed_gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    """A `python -m server` with the demo services and caller keys (``keyed_gateway_env``)."""
+    async with running_gateway(keyed_gateway_env(tmp_path), tmp_path) as started:
+        yield started
+
+
+async def test_example_sends_aip_api_key_to_a_gateway_with_keys_and_is_refused_without_it(
+    node: str, keyed_gateway: GatewayProcess
+) -> None:
+    example = ("clients/node/example.js", keyed_gateway.target)
+    code, stdout, stderr = await _run_node(node, *example, env=gateway_env(AIP_API_KEY=ALPHA_KEY))
+    assert code == 0, f"example.js failed ({code}):\n{stdout}\n{stderr}"
+    _assert_example_output(stdout, keyed_gateway.target)
+
+    code, stdout, stderr = await _run_node(node, *example)
+    assert code == 1, stdout
+    assert stderr.startswith("example failed: UNAUTHENTICATED: a caller key is required"), stderr
+
+
+_KEYS_SCRIPT = """
+const util = require('node:util');
+const { AIPlatformClient, statusDetails } = require(process.argv[1]);
+const [target, key, wrongKey] = process.argv.slice(2);
+const chat = { service_name: 'echo', messages: [{ role: 'user', content: 'a b c' }] };
+
+/** What a call gave, or its status and every way its error can be printed. */
+async function outcome(call) {
+  try {
+    return { ok: await call() };
+  } catch (error) {
+    const status = statusDetails(error);
+    return { codeName: status.codeName, message: status.message, shown: [String(error), util.inspect(error)] };
+  }
+}
+
+async function deltas(stream) {
+  const received = [];
+  for await (const message of stream) received.push(message.delta);
+  return received;
+}
+
+(async () => {
+  const keyed = new AIPlatformClient(target, { apiKey: key });
+  const fromEnvironment = new AIPlatformClient(target); // AIP_API_KEY
+  const without = new AIPlatformClient(target, { apiKey: '' }); // none, whatever AIP_API_KEY says
+  const wrong = new AIPlatformClient(target, { apiKey: wrongKey });
+  let invalid = null;
+  try {
+    new AIPlatformClient(target, { apiKey: 'aip_secret\\nnext-line' });
+  } catch (error) {
+    invalid = String(error);
+  }
+  console.log(JSON.stringify({
+    services: await outcome(async () => (await keyed.listServices()).services.map((service) => service.name)),
+    chat: await outcome(async () => (await keyed.chat(chat)).content),
+    stream: await outcome(() => deltas(keyed.streamChat(chat))),
+    fromEnvironment: await outcome(() => deltas(fromEnvironment.streamChat(chat))),
+    without: await outcome(() => without.chat(chat)),
+    wrongChat: await outcome(() => wrong.chat(chat)),
+    wrongStream: await outcome(() => deltas(wrong.streamChat(chat))),
+    clients: [util.inspect(keyed, { depth: 3 }), util.inspect(wrong, { depth: 3 }), JSON.stringify(keyed.target)],
+    invalid,
+  }));
+  for (const client of [keyed, fromEnvironment, without, wrong]) client.close();
+})();
+"""
+
+
+async def test_api_key_goes_with_unary_and_streaming_calls_and_shows_nowhere(
+    node: str, keyed_gateway: GatewayProcess
+) -> None:
+    result = await _node_json(
+        node, _KEYS_SCRIPT, keyed_gateway.target, ALPHA_KEY, WRONG_KEY, env=gateway_env(AIP_API_KEY=ALPHA_KEY)
+    )
+
+    assert result["services"]["ok"] == ["coze", "coze_workflow", "echo", "echo_workflow", "openai"]
+    assert result["chat"] == {"ok": "a b c"}
+    assert result["stream"] == {"ok": ["a", " b", " c", ""]}
+    assert result["fromEnvironment"] == {"ok": ["a", " b", " c", ""]}
+    assert result["without"]["codeName"] == "UNAUTHENTICATED"
+    assert result["without"]["message"].startswith("a caller key is required")
+    for refused in (result["wrongChat"], result["wrongStream"]):
+        assert (refused["codeName"], refused["message"]) == ("UNAUTHENTICATED", "the caller key is not valid")
+        assert not [shown for shown in refused["shown"] if WRONG_KEY in shown]
+    assert not [shown for shown in result["clients"] if ALPHA_KEY in shown or WRONG_KEY in shown]
+    assert "printable ASCII" in result["invalid"]
+    assert "secret" not in result["invalid"]
 
 
 _WAIT_SCRIPT = """

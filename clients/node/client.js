@@ -12,6 +12,10 @@ const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const DEFAULT_TARGET = 'localhost:50051';
+/** The environment variable the caller key comes from when the options give no `apiKey`. */
+const API_KEY_VARIABLE = 'AIP_API_KEY';
+/** What gRPC metadata can carry in a text value: printable ASCII (grpc-js checks the same). */
+const METADATA_TEXT = /^[\x20-\x7e]*$/;
 /** The gateway's protos, loaded as they are: no generated code to keep in step. */
 const PROTOS_DIR = path.resolve(__dirname, '..', '..', 'protos');
 /** The service config every client of the gateway uses (deploy/README.md#the-client-service-config). */
@@ -86,6 +90,21 @@ let rpcRoot;
 /** @returns {string} the target to call: `AIP_TARGET`, else localhost:50051. */
 function defaultTarget() {
   return process.env.AIP_TARGET || DEFAULT_TARGET;
+}
+
+/**
+ * The `authorization` value for a caller key, or null for none.
+ * @param {string | undefined} apiKey the key; `undefined` takes `AIP_API_KEY`, '' means none
+ * @returns {string | null}
+ */
+function authorizationFor(apiKey) {
+  const key = (apiKey === undefined ? (process.env[API_KEY_VARIABLE] ?? '') : apiKey).trim();
+  if (key === '') return null;
+  // grpc-js would refuse it at the first call with an error that quotes the value: refuse it here, unquoted.
+  if (!METADATA_TEXT.test(key)) {
+    throw new TypeError(`the caller key (apiKey or ${API_KEY_VARIABLE}) may hold only printable ASCII characters`);
+  }
+  return `Bearer ${key}`;
 }
 
 /** @returns {string} clients/service_config.json, as JSON text for the `grpc.service_config` option. */
@@ -174,10 +193,20 @@ function waitsForReady(serviceConfig) {
  * @property {string | object | null} [serviceConfig] JSON text or object; clients/service_config.json when left
  *   out, `null` for none
  * @property {grpc.ChannelOptions} [channelOptions] more grpc-js channel options
+ * @property {string} [apiKey] the caller key, for a gateway with `[keys.NAME]` configured: sent with every call as
+ *   `authorization: Bearer <key>`, over plaintext and TLS alike. Left out: `AIP_API_KEY`; '' sends none. It is
+ *   kept in a private field, out of `console.log(client)` and of errors; an `authorization` entry in a call's
+ *   `metadata` replaces it.
  */
 
 /** The gateway's six RPCs as promises (unary) and async-iterable streams (server streaming). */
 class AIPlatformClient {
+  /**
+   * `Bearer <key>`, or null: private, so that no inspection or JSON of the client shows it.
+   * @type {string | null}
+   */
+  #authorization;
+
   /**
    * @param {string} [target] `host:port`, or any grpc-js target (`dns:///…`, `ipv4:a:p,b:p`); default `defaultTarget()`
    * @param {ClientOptions} [options]
@@ -192,6 +221,7 @@ class AIPlatformClient {
         typeof serviceConfig === 'string' ? serviceConfig : JSON.stringify(serviceConfig);
     }
     const Service = loadService();
+    this.#authorization = authorizationFor(options.apiKey);
     this.target = target;
     this.waitForReady = waitsForReady(serviceConfig);
     /** The grpc-js stub itself: methods `ListServices` … `ResumeWorkflow` with grpc-js's own signatures. */
@@ -239,7 +269,7 @@ class AIPlatformClient {
 
   /** @param {string} method @param {object} request @param {CallOptions} callOptions @returns {Promise<any>} */
   #unary(method, request, callOptions) {
-    const [metadata, options] = callArguments({ waitForReady: this.waitForReady, ...callOptions });
+    const [metadata, options] = this.#callArguments(callOptions);
     return new Promise((resolve, reject) => {
       this.stub[method](
         request,
@@ -253,7 +283,7 @@ class AIPlatformClient {
 
   /** @param {string} method @param {object} request @param {CallOptions} callOptions @returns {grpc.ClientReadableStream<any>} */
   #stream(method, request, callOptions) {
-    const [metadata, options] = callArguments({ waitForReady: this.waitForReady, ...callOptions });
+    const [metadata, options] = this.#callArguments(callOptions);
     /** @type {grpc.ClientReadableStream<any>} */
     const call = this.stub[method](request, metadata, options);
     // grpc-js leaves the call running when its stream is destroyed (a `break` out of `for await`),
@@ -265,6 +295,16 @@ class AIPlatformClient {
       call.cancel();
     });
     return call;
+  }
+
+  /** @param {CallOptions} callOptions @returns {[grpc.Metadata, grpc.CallOptions]} */
+  #callArguments(callOptions) {
+    const [metadata, options] = callArguments({ waitForReady: this.waitForReady, ...callOptions });
+    // Per call rather than as call credentials: grpc-js combines those only with TLS channel credentials.
+    if (this.#authorization !== null && metadata.get('authorization').length === 0) {
+      metadata.set('authorization', this.#authorization);
+    }
+    return [metadata, options];
   }
 }
 
@@ -399,6 +439,7 @@ function decodeStatus(bytes) {
 
 module.exports = {
   AIPlatformClient,
+  API_KEY_VARIABLE,
   DEFAULT_TARGET,
   PROTOS_DIR,
   SERVICE_CONFIG_PATH,

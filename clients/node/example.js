@@ -5,6 +5,8 @@
  * token, stream a workflow, and read the details of two error statuses.
  *
  * Usage: node example.js [TARGET]   (default: AIP_TARGET, else localhost:50051)
+ *
+ * A gateway with caller keys wants one: the client sends AIP_API_KEY from the environment.
  */
 'use strict';
 

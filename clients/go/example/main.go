@@ -4,9 +4,10 @@
 //
 // Usage:
 //
-//	example [-target host:port] [-service-config clients/service_config.json] [-message text] [-delay-ms N]
+//	example [-target host:port] [-api-key KEY] [-service-config clients/service_config.json] [-message text] [-delay-ms N]
 //
-// The target defaults to $AIP_TARGET, else localhost:50051. -delay-ms is the echo service's
+// The target defaults to $AIP_TARGET, else localhost:50051; the caller key, which a gateway with
+// keys wants on every call, to $AIP_API_KEY (-api-key "" sends none). -delay-ms is the echo service's
 // pause before each word, to watch the tokens arrive. It exits 0 when every step behaved as
 // the gateway documents, 1 otherwise.
 package main
@@ -26,22 +27,31 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"aiplatform-gateway/aiplatform"
 	aiplatformv1 "aiplatform-gateway/aiplatform/v1"
 )
 
 func main() {
 	target := flag.String("target", defaultTarget(), "the gateway's host:port (default $AIP_TARGET, else localhost:50051)")
+	// No default value here: -help prints defaults, and the key must not show.
+	apiKeyFlag := flag.String("api-key", "", "the caller key, sent as authorization: Bearer KEY (default $AIP_API_KEY)")
 	serviceConfig := flag.String("service-config", "clients/service_config.json", "the client service config: retries, default deadline, wait-for-ready")
 	message := flag.String("message", "hello from Go", "the text the echo service streams back word by word")
 	delayMs := flag.Int("delay-ms", 0, "the echo service's pause before each word, in milliseconds")
 	flag.Parse()
-	if err := run(*target, *serviceConfig, *message, *delayMs); err != nil {
+	apiKey := aiplatform.APIKeyFromEnv()
+	flag.Visit(func(set *flag.Flag) {
+		if set.Name == "api-key" {
+			apiKey = *apiKeyFlag // given, even empty: it wins over $AIP_API_KEY
+		}
+	})
+	if err := run(*target, apiKey, *serviceConfig, *message, *delayMs); err != nil {
 		fmt.Fprintln(os.Stderr, "example:", err)
 		os.Exit(1)
 	}
 }
 
-func run(target, serviceConfigPath, message string, delayMs int) error {
+func run(target, apiKey, serviceConfigPath, message string, delayMs int) error {
 	serviceConfig, err := os.ReadFile(serviceConfigPath)
 	if err != nil {
 		return fmt.Errorf("reading the service config: %w", err)
@@ -50,7 +60,9 @@ func run(target, serviceConfigPath, message string, delayMs int) error {
 	// gateway instead of failing at once, and retries of UNAVAILABLE, which Debian's grpc-go
 	// 1.33 applies only with GRPC_GO_RETRY=on in the environment (newer grpc-go by default).
 	// WithInsecure: plaintext, as `make run` serves; grpc-go 1.33 has no credentials/insecure yet.
-	conn, err := grpc.Dial(target, grpc.WithInsecure(), grpc.WithDefaultServiceConfig(string(serviceConfig)))
+	// WithAPIKey: the caller key on every call (nothing for an empty key).
+	conn, err := grpc.Dial(target, grpc.WithInsecure(), grpc.WithDefaultServiceConfig(string(serviceConfig)),
+		aiplatform.WithAPIKey(apiKey))
 	if err != nil {
 		return fmt.Errorf("dialing %s: %w", target, err)
 	}
