@@ -137,7 +137,7 @@ class CallerKeys:
         if presented is None:
             raise Unauthenticated(
                 "a caller key is required: send it in the metadata as 'x-api-key: <key>', "
-                "or in 'authorization' with the Bearer scheme"
+                "or in 'authorization' (scheme Bearer)"
             )
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         found: CallerKey | None = None

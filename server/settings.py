@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import grpc
 import pydantic
@@ -213,6 +214,24 @@ class GatewaySettings(BaseSettings):
         if self.tls_client_ca_file is not None:
             return "mTLS"
         return "TLS" if self.tls_cert_file is not None else "plaintext"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        # Never quote the URL: it may carry a password.
+        try:
+            url = urlsplit(value.get_secret_value())
+            port = url.port
+        except ValueError:
+            raise ValueError("is not a URL (redis://[:password@]host:port/db)") from None
+        if url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix:// (redis://[:password@]host:port/db)")
+        if url.scheme != "unix" and not url.hostname:
+            raise ValueError("names no host (redis://[:password@]host:port/db)")
+        del port  # parsed only to check it
+        return value
 
     @field_validator("metrics_address")
     @classmethod

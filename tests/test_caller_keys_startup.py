@@ -144,3 +144,14 @@ def test_the_config_file_refuses_bad_key_tables(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=named):
             read_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:pw-SECRET-123@127.0.0.1:notaport/0", "http://:pw-SECRET-123@127.0.0.1:6379", "redis://:pw-SECRET-123@"],
+)
+async def test_a_bad_redis_url_stops_the_start_with_one_line_that_keeps_its_password(url: str, tmp_path: Path) -> None:
+    code, lines = await failed_start(gateway_env(AIP_REDIS_URL=url), tmp_path)
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("aiplatform: invalid setting AIP_REDIS_URL: ")
+    assert "pw-SECRET" not in lines[0]
