@@ -138,6 +138,9 @@ class CallerLimits:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Settle an admitted call; a store that is unreachable now keeps the estimate (logged)."""
+        key = reservation.key
+        if key.max_concurrent_calls is None and not _counts_tokens(key):
+            return  # nothing to free or correct: a request counted is counted (and Redis is not asked)
         try:
             await self._store.settle(reservation, used_tokens if _counts_tokens(reservation.key) else 0)
         except StoreUnreachable as error:
@@ -272,7 +275,8 @@ class MemoryLimitStore:
             wait = self._window(key, name, window).room_for(costs[name], limit, now)
             if wait != 0.0:
                 return Refusal(name, wait)
-        self._in_flight[key.name] = self._in_flight.get(key.name, 0) + 1
+        if key.max_concurrent_calls is not None:
+            self._in_flight[key.name] = self._in_flight.get(key.name, 0) + 1
         buckets = {"tokens_per_minute": 0, "tokens_per_day": 0}
         for name, _error, window in _LIMITS:
             if window is not None and getattr(key, name) is not None:
@@ -283,7 +287,8 @@ class MemoryLimitStore:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         key, now = reservation.key, self._clock()
-        self._in_flight[key.name] -= 1
+        if key.max_concurrent_calls is not None:
+            self._in_flight[key.name] -= 1
         for name, bucket in (
             ("tokens_per_minute", reservation.minute_bucket),
             ("tokens_per_day", reservation.day_bucket),
