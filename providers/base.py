@@ -19,21 +19,86 @@ from providers.errors import InvalidRequest, input_name
 
 
 @dataclass(frozen=True, slots=True)
+class TextPart:
+    """A piece of a message's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image: exactly one of ``url``, ``file_id`` (the provider's) or ``data`` (with ``mime_type``)."""
+
+    url: str = ""
+    data: bytes = field(default=b"", repr=False)
+    mime_type: str = ""
+    file_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """A file: exactly one of ``url``, ``file_id`` (the provider's) or ``data`` (with ``name`` and ``mime_type``)."""
+
+    url: str = ""
+    file_id: str = ""
+    data: bytes = field(default=b"", repr=False)
+    name: str = ""
+    mime_type: str = ""
+
+
+ContentPart = TextPart | ImagePart | FilePart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool the model wants called before it can answer; ``arguments`` is JSON text."""
+
+    id: str
+    type: str = "function"
+    function_name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One message of a conversation: role is "user", "assistant" or "system"."""
+    """One message of a conversation.
+
+    ``role`` is "user", "assistant", "system" or "tool". An assistant turn may carry the
+    ``tool_calls`` it made; a "tool" message is the output (``content``) of the call
+    ``tool_call_id``. When ``parts`` is set it replaces ``content``.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    parts: tuple[ContentPart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is the JSON Schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class ChatInput:
-    """One chat turn as the servicer hands it to a chat service."""
+    """One chat turn as the servicer hands it to a chat service.
+
+    ``tools`` and ``tool_choice`` ("", "auto", "none", "required" or a tool's name) offer the
+    model functions; ``chat_id`` names the turn whose tool calls trailing "tool" messages answer.
+    """
 
     messages: tuple[Message, ...]
     parameters: Mapping[str, Any] = field(default_factory=dict)
     user_id: str = ""
     conversation_id: str = ""
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = ""
+    chat_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +158,6 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A tool the model wants called before it can answer; ``arguments`` is JSON text."""
-
-    id: str
-    type: str = "function"
-    function_name: str = ""
-    arguments: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class ChatFinished:
     """The upstream finished the turn normally; always the last event of a chat stream.
 
@@ -142,6 +197,8 @@ class WorkflowInterrupt:
     event_id: str
     interrupt_type: int
     data: str = ""
+    #: What the workflow needs to go on, as the provider describes it (any JSON value), when it says.
+    required_parameters: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +212,9 @@ class WorkflowNodeEvent:
     node_id: str = ""
     usage: Usage | None = None
     interrupt: WorkflowInterrupt | None = None
+    #: The run's id and its trace's link, on the events that carry them.
+    execute_id: str = ""
+    debug_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +273,15 @@ class ChatService(AIService):
     """A service that answers chat turns."""
 
     service_type: ClassVar[str] = "chat"
+
+    def check_input(self, request: ChatInput) -> None:
+        """Refuse (InvalidRequest, naming the field) what this service cannot take; called before ``stream_chat``.
+
+        By default a service takes text only: no tools, no tool messages, no parts. A provider
+        that takes more overrides this.
+        """
+        refuse_tools(request, self.name)
+        refuse_parts(request, self.name)
 
     @abstractmethod
     def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
@@ -275,6 +344,29 @@ class WorkflowService(AIService):
 
 
 # --- helpers shared by providers --------------------------------------------------------------
+
+
+def refuse_tools(request: ChatInput, service: str, why: str = "") -> None:
+    """Raise InvalidRequest for the first tool-calling field ``request`` uses."""
+    because = why or f"the service {service!r} does not take tools"
+    if request.tools:
+        raise InvalidRequest("tools", because)
+    if request.tool_choice:
+        raise InvalidRequest("tool_choice", because)
+    for index, message in enumerate(request.messages):
+        if message.tool_calls:
+            raise InvalidRequest(f"messages[{index}].tool_calls", because)
+        if message.role == "tool":
+            raise InvalidRequest(f"messages[{index}].role", because)
+
+
+def refuse_parts(request: ChatInput, service: str) -> None:
+    """Raise InvalidRequest for the first message part: the service takes text content only."""
+    for index, message in enumerate(request.messages):
+        if message.parts:
+            raise InvalidRequest(
+                f"messages[{index}].parts", f"the service {service!r} takes text only: send the message as content"
+            )
 
 
 def reject_unknown_parameters(parameters: Mapping[str, Any], allowed: frozenset[str]) -> None:

@@ -7,6 +7,7 @@ provider-specific checks stay in the providers.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,15 @@ from providers.base import (
     ChatFinished,
     ChatInput,
     ChatResult,
+    ContentPart,
+    FilePart,
     FinishReason,
+    ImagePart,
     Message,
     ReasoningDelta,
     TextDelta,
+    TextPart,
+    Tool,
     ToolCall,
     Usage,
     WorkflowInput,
@@ -31,7 +37,11 @@ from providers.base import (
 )
 from providers.errors import InvalidRequest, input_name, quote_input
 
-_ROLES = frozenset({"user", "assistant", "system"})
+_ROLES = frozenset({"user", "assistant", "system", "tool"})
+_TOOL_CHOICES = frozenset({"", "auto", "none", "required"})
+# What OpenAI allows in a function's name, and how many tools a request may offer.
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TOOLS = 128
 # The largest integer a double (a Struct number) holds exactly, with every integer below it.
 _MAX_EXACT_INTEGER = 2**53 - 1
 
@@ -58,6 +68,11 @@ class RequestLimits:
     max_message_bytes: int = 256 * 1024
     #: Encoded size of a request's parameters.
     max_parameters_bytes: int = 64 * 1024
+    #: Bytes of one image or file sent inline in a message's parts.
+    max_part_bytes: int = 2 * 1024 * 1024
+    #: Bytes of every image and file sent inline in one request, together (the request itself is
+    #: bounded by AIP_MAX_RECEIVE_MESSAGE_BYTES first).
+    max_parts_bytes: int = 3 * 1024 * 1024
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -72,23 +87,125 @@ def chat_input(request: pb.ChatRequest | pb.StreamChatRequest, limits: RequestLi
             "messages",
             f"{len(request.messages)} messages is more than AIP_MAX_MESSAGES allows ({limits.max_messages})",
         )
-    messages = []
-    for index, message in enumerate(request.messages):
-        if message.role not in _ROLES:
-            raise InvalidRequest(
-                f"messages[{index}].role",
-                f"must be 'user', 'assistant' or 'system' (got {quote_input(message.role)})",
-            )
-        if not message.content:
-            raise InvalidRequest(f"messages[{index}].content", "must not be empty")
-        _check_text_size(message.content, f"messages[{index}].content", limits)
-        messages.append(Message(message.role, message.content))
+    inline = _InlineBytes(limits)
+    messages = tuple(
+        _message(message, f"messages[{index}]", limits, inline) for index, message in enumerate(request.messages)
+    )
+    if len(request.tools) > MAX_TOOLS:
+        raise InvalidRequest("tools", f"{len(request.tools)} tools is more than the {MAX_TOOLS} a request may offer")
+    tools = tuple(_tool(tool, f"tools[{index}]", limits) for index, tool in enumerate(request.tools))
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools", "two tools have the same name")
+    if request.tool_choice not in _TOOL_CHOICES and request.tool_choice not in names:
+        raise InvalidRequest(
+            "tool_choice",
+            "must be '', 'auto', 'none', 'required' or the name of one of the tools "
+            f"(got {quote_input(request.tool_choice)})",
+        )
     return ChatInput(
-        messages=tuple(messages),
+        messages=messages,
         parameters=_parameters(request.parameters, limits),
         user_id=request.user_id,
         conversation_id=request.conversation_id,
+        tools=tools,
+        tool_choice=request.tool_choice,
+        chat_id=request.chat_id,
     )
+
+
+class _InlineBytes:
+    """Counts the bytes of the images and files a request sends inline, against AIP_MAX_PARTS_BYTES."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self._limits = limits
+        self._total = 0
+
+    def add(self, data: bytes, field: str) -> None:
+        limits = self._limits
+        if len(data) > limits.max_part_bytes:
+            raise InvalidRequest(
+                field, f"{len(data)} bytes is more than AIP_MAX_PART_BYTES allows ({limits.max_part_bytes})"
+            )
+        self._total += len(data)
+        if self._total > limits.max_parts_bytes:
+            raise InvalidRequest(
+                field,
+                f"the request's inline images and files reach {self._total} bytes, more than AIP_MAX_PARTS_BYTES "
+                f"allows ({limits.max_parts_bytes})",
+            )
+
+
+def _message(message: pb.ChatMessage, field: str, limits: RequestLimits, inline: _InlineBytes) -> Message:
+    if message.role not in _ROLES:
+        raise InvalidRequest(
+            f"{field}.role", f"must be 'user', 'assistant', 'system' or 'tool' (got {quote_input(message.role)})"
+        )
+    tool_calls = tuple(
+        ToolCall(id=call.id, type=call.type or "function", function_name=call.function_name, arguments=call.arguments)
+        for call in message.tool_calls
+    )
+    if tool_calls and message.role != "assistant":
+        raise InvalidRequest(f"{field}.tool_calls", "only an assistant message carries tool calls")
+    for index, call in enumerate(tool_calls):
+        if not call.id:
+            raise InvalidRequest(f"{field}.tool_calls[{index}].id", "must not be empty")
+        _check_text_size(call.arguments, f"{field}.tool_calls[{index}].arguments", limits)
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise InvalidRequest(
+                f"{field}.tool_call_id", "is required for a 'tool' message (the id of the call it answers)"
+            )
+    elif message.tool_call_id:
+        raise InvalidRequest(f"{field}.tool_call_id", "belongs to a 'tool' message only")
+    parts = tuple(_part(part, f"{field}.parts[{index}]", limits, inline) for index, part in enumerate(message.parts))
+    if parts and message.content:
+        raise InvalidRequest(f"{field}.content", "must be empty when parts are set (the parts replace it)")
+    if not message.content and not parts and not tool_calls and message.role != "tool":
+        raise InvalidRequest(f"{field}.content", "must not be empty")
+    _check_text_size(message.content, f"{field}.content", limits)
+    return Message(message.role, message.content, tool_calls, message.tool_call_id, parts)
+
+
+def _part(part: pb.ContentPart, field: str, limits: RequestLimits, inline: _InlineBytes) -> ContentPart:
+    kind = part.WhichOneof("kind")
+    if kind == "text":
+        if not part.text:
+            raise InvalidRequest(f"{field}.text", "must not be empty")
+        _check_text_size(part.text, f"{field}.text", limits)
+        return TextPart(part.text)
+    if kind == "image":
+        image = part.image
+        _one_source(f"{field}.image", image.url, image.file_id, image.data)
+        if image.data:
+            inline.add(image.data, f"{field}.image.data")
+            if not image.mime_type.startswith("image/"):
+                raise InvalidRequest(f"{field}.image.mime_type", "is required with data, e.g. 'image/png'")
+        return ImagePart(url=image.url, data=image.data, mime_type=image.mime_type, file_id=image.file_id)
+    if kind == "file":
+        file = part.file
+        _one_source(f"{field}.file", file.url, file.file_id, file.data)
+        if file.data:
+            inline.add(file.data, f"{field}.file.data")
+            if not file.name or not file.mime_type:
+                raise InvalidRequest(f"{field}.file", "name and mime_type are required with data")
+        return FilePart(url=file.url, file_id=file.file_id, data=file.data, name=file.name, mime_type=file.mime_type)
+    raise InvalidRequest(field, "must be text, an image or a file")
+
+
+def _one_source(field: str, url: str, file_id: str, data: bytes) -> None:
+    given = [name for name, value in (("url", url), ("file_id", file_id), ("data", data)) if value]
+    if len(given) != 1:
+        raise InvalidRequest(field, f"needs exactly one of url, file_id or data (got {', '.join(given) or 'none'})")
+    if url and not url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"{field}.url", f"must be an http(s) URL (got {quote_input(url)})")
+
+
+def _tool(tool: pb.Tool, field: str, limits: RequestLimits) -> Tool:
+    if not _TOOL_NAME.match(tool.name):
+        raise InvalidRequest(f"{field}.name", f"must be 1 to 64 letters, digits, _ or - (got {quote_input(tool.name)})")
+    _check_text_size(tool.description, f"{field}.description", limits)
+    return Tool(tool.name, tool.description, _parameters(tool.parameters, limits, f"{field}.parameters"))
 
 
 def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest, limits: RequestLimits) -> WorkflowInput:
@@ -124,14 +241,14 @@ def _check_text_size(text: str, field: str, limits: RequestLimits) -> None:
         )
 
 
-def _parameters(struct: struct_pb2.Struct, limits: RequestLimits) -> dict[str, Any]:
+def _parameters(struct: struct_pb2.Struct, limits: RequestLimits, path: str = "parameters") -> dict[str, Any]:
     size = struct.ByteSize()
     if size > limits.max_parameters_bytes:
         raise InvalidRequest(
-            "parameters",
+            path,
             f"{size} bytes is more than AIP_MAX_PARAMETERS_BYTES allows ({limits.max_parameters_bytes})",
         )
-    return struct_to_dict(struct, "parameters")
+    return struct_to_dict(struct, path)
 
 
 def struct_to_dict(struct: struct_pb2.Struct, path: str, depth: int = 1) -> dict[str, Any]:
@@ -288,10 +405,33 @@ def _workflow_event_fields(event: WorkflowNodeEvent) -> dict[str, Any]:
         "node_id": event.node_id,
         "usage": usage_message(event.usage),
         "interrupt": _interrupt_message(event.interrupt),
+        "execute_id": event.execute_id,
+        "debug_url": event.debug_url,
     }
 
 
 def _interrupt_message(interrupt: WorkflowInterrupt | None) -> pb.WorkflowInterrupt | None:
     if interrupt is None:
         return None
-    return pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data)
+    message = pb.WorkflowInterrupt(event_id=interrupt.event_id, type=interrupt.interrupt_type, data=interrupt.data)
+    if interrupt.required_parameters is not None:
+        message.required_parameters.CopyFrom(_json_value(interrupt.required_parameters))
+    return message
+
+
+def _json_value(value: Any) -> struct_pb2.Value:
+    """Any JSON value as a protobuf Value (for what the provider describes freely)."""
+    message = struct_pb2.Value()
+    if isinstance(value, dict):
+        message.struct_value.update(value)
+    elif isinstance(value, list):
+        message.list_value.extend(value)
+    elif isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, int | float):
+        message.number_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    else:
+        message.null_value = struct_pb2.NULL_VALUE
+    return message

@@ -44,12 +44,14 @@ class AIPlatformServicer(pb_grpc.AIPlatformServiceServicer):
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
         service = self._registry.chat_service(request.service_name)
         chat_input = convert.chat_input(request, self._limits)
+        service.check_input(chat_input)
         result = await self._registry.guard(service).call(lambda: service.chat(chat_input), _deadline(context))
         return convert.chat_response(result)
 
     async def StreamChat(self, request: pb.StreamChatRequest, context: Context) -> AsyncIterator[pb.StreamChatResponse]:
         service = self._registry.chat_service(request.service_name)
         chat_input = convert.chat_input(request, self._limits)
+        service.check_input(chat_input)
         to_message = convert.stream_chat_response
         events = self._registry.guard(service).stream(lambda: service.stream_chat(chat_input), _deadline(context))
         # aclosing: the provider's clean-up (closing the upstream) runs in this task,

@@ -151,6 +151,8 @@ class GatewaySettings(BaseSettings):
     max_messages: int = Field(DEFAULT_REQUEST_LIMITS.max_messages, ge=1)
     max_message_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_message_bytes, ge=1)
     max_parameters_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_parameters_bytes, ge=1)
+    max_part_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_part_bytes, ge=1)
+    max_parts_bytes: int = Field(DEFAULT_REQUEST_LIMITS.max_parts_bytes, ge=1)
     max_receive_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest gRPC request accepted at all (RESOURCE_EXHAUSTED above)"
     )

@@ -75,7 +75,7 @@ __all__ = ["ENVIRONMENT_PREFIXES", "error_details", "make_settings"]
 
 
 def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
-    """The google.rpc details of a failed call, by type name (ErrorInfo, BadRequest, RetryInfo)."""
+    """The google.rpc details of a failed call, by type name (ErrorInfo, BadRequest, RetryInfo, QuotaFailure)."""
     from google.rpc import error_details_pb2, status_pb2
 
     details: dict[str, object] = {}
@@ -84,7 +84,12 @@ def error_details(error: grpc.aio.AioRpcError) -> dict[str, object]:
             continue
         status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
         for any_detail in status.details:
-            for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
+            for kind in (
+                error_details_pb2.ErrorInfo,
+                error_details_pb2.BadRequest,
+                error_details_pb2.RetryInfo,
+                error_details_pb2.QuotaFailure,
+            ):
                 if any_detail.TypeName() == kind.DESCRIPTOR.full_name:
                     message = kind()
                     any_detail.Unpack(message)

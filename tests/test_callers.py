@@ -12,20 +12,19 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
-from grpc_status import rpc_status
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from providers.echo import EchoChatService, EchoWorkflowService
 from providers.limits import ServiceLimits
 from server.callers import KeyEntry, keygen_text
 from server.usage import estimate_tokens
+from tests.conftest import error_details
 from tests.fakes import openai
 from tests.fakes.upstreams import Upstream, collect, open_upstream
 from tests.harness import gateway_for, make_settings
@@ -46,20 +45,7 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 
 def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
     """The google.rpc details of a failed call, by type name."""
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None
-    found: dict[str, Any] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.QuotaFailure,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                detail = kind()
-                packed.Unpack(detail)
-                found[kind.__name__] = detail
-    return found
+    return error_details(error)
 
 
 def chat(service: str = "openai", *, max_tokens: int | None = None, text: str = "hi") -> pb.ChatRequest:

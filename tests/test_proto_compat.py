@@ -71,7 +71,7 @@ def _delete_rpc(workdir: Path) -> None:
 
 
 def _add_field(workdir: Path) -> None:
-    _edit(workdir, "  string conversation_id = 5;\n}", "  string conversation_id = 5;\n  string locale = 99;\n}")
+    _edit(workdir, "  string chat_id = 8;\n}", "  string chat_id = 8;\n  string locale = 99;\n}")
 
 
 def test_unchanged_protos_are_compatible_with_the_baseline(repo_copy: Path) -> None:

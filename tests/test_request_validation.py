@@ -240,3 +240,111 @@ async def test_the_largest_exact_integer_passes_unchanged(stub: pb_grpc.AIPlatfo
     response = await stub.RunWorkflow(pb.RunWorkflowRequest(service_name="echo_workflow", parameters=parameters))
     assert f'"order_id": {2**53 - 1}' in response.output
     assert f'"negative": {-(2**53 - 1)}' in response.output
+
+
+_TOOL = pb.Tool(name="get_weather", description="the weather in a city")
+_PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+def _violation(error: grpc.aio.AioRpcError) -> Any:
+    return error_details(error)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+
+
+def _image(**fields: Any) -> pb.ContentPart:
+    return pb.ContentPart(image=pb.ImagePart(**fields))
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS)
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"),
+    [
+        # Tools and tool messages: the shape is checked for every service, then whether it takes them.
+        ({"tools": [pb.Tool(name="has space")]}, "tools[0].name", "letters, digits"),
+        ({"tools": [_TOOL, _TOOL]}, "tools", "same name"),
+        ({"tools": [_TOOL], "tool_choice": "other_tool"}, "tool_choice", "'other_tool'"),
+        ({"messages": [pb.ChatMessage(role="tool", content="21°C")]}, "messages[0].tool_call_id", "required"),
+        (
+            {"messages": [pb.ChatMessage(role="user", content="hi", tool_call_id="call_1")]},
+            "messages[0].tool_call_id",
+            "'tool' message only",
+        ),
+        (
+            {"messages": [pb.ChatMessage(role="user", content="x", tool_calls=[pb.ToolCall(id="c")])]},
+            "messages[0].tool_calls",
+            "assistant",
+        ),
+        (
+            {"messages": [pb.ChatMessage(role="assistant", tool_calls=[pb.ToolCall(function_name="f")])]},
+            "messages[0].tool_calls[0].id",
+            "empty",
+        ),
+        ({"tools": [_TOOL]}, "tools", "does not take tools"),
+        ({"tool_choice": "none"}, "tool_choice", "does not take tools"),
+        # Parts.
+        (
+            {"messages": [pb.ChatMessage(role="user", content="x", parts=[pb.ContentPart(text="y")])]},
+            "messages[0].content",
+            "parts replace it",
+        ),
+        ({"messages": [pb.ChatMessage(role="user", parts=[pb.ContentPart()])]}, "messages[0].parts[0]", "text"),
+        (
+            {"messages": [pb.ChatMessage(role="user", parts=[_image(url="https://x/a.png", file_id="f")])]},
+            "messages[0].parts[0].image",
+            "exactly one of",
+        ),
+        (
+            {"messages": [pb.ChatMessage(role="user", parts=[_image(url="file:///etc/passwd")])]},
+            "messages[0].parts[0].image.url",
+            "http(s)",
+        ),
+        (
+            {"messages": [pb.ChatMessage(role="user", parts=[_image(data=_PNG)])]},
+            "messages[0].parts[0].image.mime_type",
+            "required",
+        ),
+        (
+            {
+                "messages": [
+                    pb.ChatMessage(role="user", parts=[pb.ContentPart(file=pb.FilePart(data=b"%PDF", name="a.pdf"))])
+                ]
+            },
+            "messages[0].parts[0].file",
+            "mime_type",
+        ),
+        (
+            {"messages": [pb.ChatMessage(role="user", parts=[_image(data=_PNG, mime_type="image/png")])]},
+            "messages[0].parts",
+            "takes text only",
+        ),
+    ],
+)
+async def test_invalid_tools_and_parts_name_the_field(
+    stub: pb_grpc.AIPlatformServiceStub, call: Call, fields: dict[str, Any], field: str, fragment: str
+) -> None:
+    error = await _expect(call, stub, {"service_name": "echo", "messages": HI, **fields})
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = _violation(error)
+    assert violation.field == field, error.details()
+    assert fragment in violation.description, error.details()
+
+
+@pytest.mark.parametrize("call", CHAT_CALLS)
+async def test_inline_parts_are_refused_past_their_byte_limits_before_any_service_sees_them(call: Call) -> None:
+    big = _image(data=b"x" * 600, mime_type="image/png")
+    async with gateway_for(max_part_bytes=1000, max_parts_bytes=1000) as gateway:
+        too_big = await _expect(
+            call,
+            gateway.stub,
+            {
+                "service_name": "echo",
+                "messages": [pb.ChatMessage(role="user", parts=[_image(data=b"x" * 1001, mime_type="image/png")])],
+            },
+        )
+        together = await _expect(
+            call, gateway.stub, {"service_name": "echo", "messages": [pb.ChatMessage(role="user", parts=[big, big])]}
+        )
+    assert "AIP_MAX_PART_BYTES" in (too_big.details() or "")
+    assert _violation(too_big).field == "messages[0].parts[0].image.data"
+    assert "AIP_MAX_PARTS_BYTES" in (together.details() or "")
+    assert _violation(together).field == "messages[0].parts[1].image.data"

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61iplatform/v1/aiplatform.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\"+\n\x13ListServicesRequest\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\"D\n\x14ListServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.ServiceInfo\"\xbe\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x07 \x01(\t\x12\x30\n\nparameters\x18\x08 \x03(\x0b\x32\x1c.aiplatform.v1.ParameterInfo\"R\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa8\x01\n\x0b\x43hatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\xf6\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"\xae\x01\n\x11StreamChatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\"\x80\x02\n\x12StreamChatResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x17\n\x0freasoning_delta\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"v\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12*\n\x06source\x18\x04 \x01(\x0e\x32\x1a.aiplatform.v1.UsageSource\"\x8c\x01\n\x12RunWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xa6\x01\n\x13RunWorkflowResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x12\n\nexecute_id\x18\x02 \x01(\t\x12\x11\n\tdebug_url\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\"\x8f\x01\n\x15StreamWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xd5\x01\n\x16StreamWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"\x81\x01\n\x15ResumeWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x13\n\x0bresume_data\x18\x04 \x01(\t\x12\x16\n\x0einterrupt_type\x18\x05 \x01(\x05\"\xd5\x01\n\x16ResumeWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\"A\n\x11WorkflowInterrupt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t*b\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_REPORTED\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x9a\x04\n\x11\x41IPlatformService\x12W\n\x0cListServices\x12\".aiplatform.v1.ListServicesRequest\x1a#.aiplatform.v1.ListServicesResponse\x12?\n\x04\x43hat\x12\x1a.aiplatform.v1.ChatRequest\x1a\x1b.aiplatform.v1.ChatResponse\x12S\n\nStreamChat\x12 .aiplatform.v1.StreamChatRequest\x1a!.aiplatform.v1.StreamChatResponse0\x01\x12T\n\x0bRunWorkflow\x12!.aiplatform.v1.RunWorkflowRequest\x1a\".aiplatform.v1.RunWorkflowResponse\x12_\n\x0eStreamWorkflow\x12$.aiplatform.v1.StreamWorkflowRequest\x1a%.aiplatform.v1.StreamWorkflowResponse0\x01\x12_\n\x0eResumeWorkflow\x12$.aiplatform.v1.ResumeWorkflowRequest\x1a%.aiplatform.v1.ResumeWorkflowResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61iplatform/v1/aiplatform.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\"+\n\x13ListServicesRequest\x12\x14\n\x0cservice_type\x18\x01 \x01(\t\"D\n\x14ListServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.ServiceInfo\"\xbe\x01\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x11\n\tstreaming\x18\x06 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x07 \x01(\t\x12\x30\n\nparameters\x18\x08 \x03(\x0b\x32\x1c.aiplatform.v1.ParameterInfo\"R\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\"\x9a\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12)\n\x05parts\x18\x05 \x03(\x0b\x32\x1a.aiplatform.v1.ContentPart\"y\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x05image\x18\x02 \x01(\x0b\x32\x18.aiplatform.v1.ImagePartH\x00\x12\'\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x17.aiplatform.v1.FilePartH\x00\x42\x06\n\x04kind\"J\n\tImagePart\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x04 \x01(\t\"W\n\x08\x46ilePart\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tmime_type\x18\x05 \x01(\t\"V\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf2\x01\n\x0b\x43hatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\"\n\x05tools\x18\x06 \x03(\x0b\x32\x13.aiplatform.v1.Tool\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12\x0f\n\x07\x63hat_id\x18\x08 \x01(\t\"\xf6\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"\xf8\x01\n\x11StreamChatRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.aiplatform.v1.ChatMessage\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\"\n\x05tools\x18\x06 \x03(\x0b\x32\x13.aiplatform.v1.Tool\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12\x0f\n\x07\x63hat_id\x18\x08 \x01(\t\"\x80\x02\n\x12StreamChatResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x17\n\x0freasoning_delta\x18\x02 \x01(\t\x12#\n\x05usage\x18\x03 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.aiplatform.v1.FinishReason\x12\x0f\n\x07\x63hat_id\x18\x06 \x01(\t\x12+\n\ntool_calls\x18\x07 \x03(\x0b\x32\x17.aiplatform.v1.ToolCall\x12\x12\n\nfollow_ups\x18\x08 \x03(\t\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"v\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12*\n\x06source\x18\x04 \x01(\x0e\x32\x1a.aiplatform.v1.UsageSource\"\x8c\x01\n\x12RunWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xa6\x01\n\x13RunWorkflowResponse\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x12\n\nexecute_id\x18\x02 \x01(\t\x12\x11\n\tdebug_url\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\"\x8f\x01\n\x15StreamWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ot_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x05 \x01(\t\"\xfc\x01\n\x16StreamWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x12\n\nexecute_id\x18\x08 \x01(\t\x12\x11\n\tdebug_url\x18\t \x01(\t\"\x81\x01\n\x15ResumeWorkflowRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x13\n\x0bresume_data\x18\x04 \x01(\t\x12\x16\n\x0einterrupt_type\x18\x05 \x01(\x05\"\xfc\x01\n\x16ResumeWorkflowResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nnode_title\x18\x02 \x01(\t\x12\x13\n\x0bnode_seq_id\x18\x03 \x01(\t\x12\x16\n\x0enode_is_finish\x18\x04 \x01(\x08\x12\x33\n\tinterrupt\x18\x05 \x01(\x0b\x32 .aiplatform.v1.WorkflowInterrupt\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.aiplatform.v1.Usage\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x12\n\nexecute_id\x18\x08 \x01(\t\x12\x11\n\tdebug_url\x18\t \x01(\t\"v\n\x11WorkflowInterrupt\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x33\n\x13required_parameters\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value*b\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_REPORTED\x10\x01\x12\x1a\n\x16USAGE_SOURCE_ESTIMATED\x10\x02*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x32\x9a\x04\n\x11\x41IPlatformService\x12W\n\x0cListServices\x12\".aiplatform.v1.ListServicesRequest\x1a#.aiplatform.v1.ListServicesResponse\x12?\n\x04\x43hat\x12\x1a.aiplatform.v1.ChatRequest\x1a\x1b.aiplatform.v1.ChatResponse\x12S\n\nStreamChat\x12 .aiplatform.v1.StreamChatRequest\x1a!.aiplatform.v1.StreamChatResponse0\x01\x12T\n\x0bRunWorkflow\x12!.aiplatform.v1.RunWorkflowRequest\x1a\".aiplatform.v1.RunWorkflowResponse\x12_\n\x0eStreamWorkflow\x12$.aiplatform.v1.StreamWorkflowRequest\x1a%.aiplatform.v1.StreamWorkflowResponse0\x01\x12_\n\x0eResumeWorkflow\x12$.aiplatform.v1.ResumeWorkflowRequest\x1a%.aiplatform.v1.ResumeWorkflowResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aiplatform.v1.aiplatform_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGESOURCE']._serialized_start=2662
-  _globals['_USAGESOURCE']._serialized_end=2760
-  _globals['_FINISHREASON']._serialized_start=2763
-  _globals['_FINISHREASON']._serialized_end=2922
+  _globals['_USAGESOURCE']._serialized_start=3428
+  _globals['_USAGESOURCE']._serialized_end=3526
+  _globals['_FINISHREASON']._serialized_start=3529
+  _globals['_FINISHREASON']._serialized_end=3688
   _globals['_LISTSERVICESREQUEST']._serialized_start=79
   _globals['_LISTSERVICESREQUEST']._serialized_end=122
   _globals['_LISTSERVICESRESPONSE']._serialized_start=124
@@ -44,34 +44,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEINFO']._serialized_end=385
   _globals['_PARAMETERINFO']._serialized_start=387
   _globals['_PARAMETERINFO']._serialized_end=469
-  _globals['_CHATMESSAGE']._serialized_start=471
-  _globals['_CHATMESSAGE']._serialized_end=515
-  _globals['_CHATREQUEST']._serialized_start=518
-  _globals['_CHATREQUEST']._serialized_end=686
-  _globals['_CHATRESPONSE']._serialized_start=689
-  _globals['_CHATRESPONSE']._serialized_end=935
-  _globals['_STREAMCHATREQUEST']._serialized_start=938
-  _globals['_STREAMCHATREQUEST']._serialized_end=1112
-  _globals['_STREAMCHATRESPONSE']._serialized_start=1115
-  _globals['_STREAMCHATRESPONSE']._serialized_end=1371
-  _globals['_TOOLCALL']._serialized_start=1373
-  _globals['_TOOLCALL']._serialized_end=1451
-  _globals['_USAGE']._serialized_start=1453
-  _globals['_USAGE']._serialized_end=1571
-  _globals['_RUNWORKFLOWREQUEST']._serialized_start=1574
-  _globals['_RUNWORKFLOWREQUEST']._serialized_end=1714
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=1717
-  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=1883
-  _globals['_STREAMWORKFLOWREQUEST']._serialized_start=1886
-  _globals['_STREAMWORKFLOWREQUEST']._serialized_end=2029
-  _globals['_STREAMWORKFLOWRESPONSE']._serialized_start=2032
-  _globals['_STREAMWORKFLOWRESPONSE']._serialized_end=2245
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=2248
-  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=2377
-  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_start=2380
-  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_end=2593
-  _globals['_WORKFLOWINTERRUPT']._serialized_start=2595
-  _globals['_WORKFLOWINTERRUPT']._serialized_end=2660
-  _globals['_AIPLATFORMSERVICE']._serialized_start=2925
-  _globals['_AIPLATFORMSERVICE']._serialized_end=3463
+  _globals['_CHATMESSAGE']._serialized_start=472
+  _globals['_CHATMESSAGE']._serialized_end=626
+  _globals['_CONTENTPART']._serialized_start=628
+  _globals['_CONTENTPART']._serialized_end=749
+  _globals['_IMAGEPART']._serialized_start=751
+  _globals['_IMAGEPART']._serialized_end=825
+  _globals['_FILEPART']._serialized_start=827
+  _globals['_FILEPART']._serialized_end=914
+  _globals['_TOOL']._serialized_start=916
+  _globals['_TOOL']._serialized_end=1002
+  _globals['_CHATREQUEST']._serialized_start=1005
+  _globals['_CHATREQUEST']._serialized_end=1247
+  _globals['_CHATRESPONSE']._serialized_start=1250
+  _globals['_CHATRESPONSE']._serialized_end=1496
+  _globals['_STREAMCHATREQUEST']._serialized_start=1499
+  _globals['_STREAMCHATREQUEST']._serialized_end=1747
+  _globals['_STREAMCHATRESPONSE']._serialized_start=1750
+  _globals['_STREAMCHATRESPONSE']._serialized_end=2006
+  _globals['_TOOLCALL']._serialized_start=2008
+  _globals['_TOOLCALL']._serialized_end=2086
+  _globals['_USAGE']._serialized_start=2088
+  _globals['_USAGE']._serialized_end=2206
+  _globals['_RUNWORKFLOWREQUEST']._serialized_start=2209
+  _globals['_RUNWORKFLOWREQUEST']._serialized_end=2349
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_start=2352
+  _globals['_RUNWORKFLOWRESPONSE']._serialized_end=2518
+  _globals['_STREAMWORKFLOWREQUEST']._serialized_start=2521
+  _globals['_STREAMWORKFLOWREQUEST']._serialized_end=2664
+  _globals['_STREAMWORKFLOWRESPONSE']._serialized_start=2667
+  _globals['_STREAMWORKFLOWRESPONSE']._serialized_end=2919
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=2922
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=3051
+  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_start=3054
+  _globals['_RESUMEWORKFLOWRESPONSE']._serialized_end=3306
+  _globals['_WORKFLOWINTERRUPT']._serialized_start=3308
+  _globals['_WORKFLOWINTERRUPT']._serialized_end=3426
+  _globals['_AIPLATFORMSERVICE']._serialized_start=3691
+  _globals['_AIPLATFORMSERVICE']._serialized_end=4229
 # @@protoc_insertion_point(module_scope)

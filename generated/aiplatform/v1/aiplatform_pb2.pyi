@@ -75,26 +75,84 @@ class ParameterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
+    __slots__ = ("role", "content", "tool_calls", "tool_call_id", "parts")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ...) -> None: ...
+
+class ContentPart(_message.Message):
+    __slots__ = ("text", "image", "file")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: ImagePart
+    file: FilePart
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[ImagePart, _Mapping]] = ..., file: _Optional[_Union[FilePart, _Mapping]] = ...) -> None: ...
+
+class ImagePart(_message.Message):
+    __slots__ = ("url", "data", "mime_type", "file_id")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    data: bytes
+    mime_type: str
+    file_id: str
+    def __init__(self, url: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., file_id: _Optional[str] = ...) -> None: ...
+
+class FilePart(_message.Message):
+    __slots__ = ("url", "file_id", "data", "name", "mime_type")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    file_id: str
+    data: bytes
+    name: str
+    mime_type: str
+    def __init__(self, url: _Optional[str] = ..., file_id: _Optional[str] = ..., data: _Optional[bytes] = ..., name: _Optional[str] = ..., mime_type: _Optional[str] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "parameters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id")
+    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id", "tools", "tool_choice", "chat_id")
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     parameters: _struct_pb2.Struct
     user_id: str
     conversation_id: str
-    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: str
+    chat_id: str
+    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., chat_id: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
     __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id", "tool_calls", "follow_ups")
@@ -117,18 +175,24 @@ class ChatResponse(_message.Message):
     def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
-    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id")
+    __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id", "tools", "tool_choice", "chat_id")
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     parameters: _struct_pb2.Struct
     user_id: str
     conversation_id: str
-    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: str
+    chat_id: str
+    def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., chat_id: _Optional[str] = ...) -> None: ...
 
 class StreamChatResponse(_message.Message):
     __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id", "tool_calls", "follow_ups")
@@ -217,7 +281,7 @@ class StreamWorkflowRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
 
 class StreamWorkflowResponse(_message.Message):
-    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id")
+    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id", "execute_id", "debug_url")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     NODE_TITLE_FIELD_NUMBER: _ClassVar[int]
     NODE_SEQ_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +289,8 @@ class StreamWorkflowResponse(_message.Message):
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_URL_FIELD_NUMBER: _ClassVar[int]
     content: str
     node_title: str
     node_seq_id: str
@@ -232,7 +298,9 @@ class StreamWorkflowResponse(_message.Message):
     interrupt: WorkflowInterrupt
     usage: Usage
     node_id: str
-    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    execute_id: str
+    debug_url: str
+    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ...) -> None: ...
 
 class ResumeWorkflowRequest(_message.Message):
     __slots__ = ("service_name", "workflow_id", "event_id", "resume_data", "interrupt_type")
@@ -249,7 +317,7 @@ class ResumeWorkflowRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., event_id: _Optional[str] = ..., resume_data: _Optional[str] = ..., interrupt_type: _Optional[int] = ...) -> None: ...
 
 class ResumeWorkflowResponse(_message.Message):
-    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id")
+    __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id", "execute_id", "debug_url")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     NODE_TITLE_FIELD_NUMBER: _ClassVar[int]
     NODE_SEQ_ID_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +325,8 @@ class ResumeWorkflowResponse(_message.Message):
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_URL_FIELD_NUMBER: _ClassVar[int]
     content: str
     node_title: str
     node_seq_id: str
@@ -264,14 +334,18 @@ class ResumeWorkflowResponse(_message.Message):
     interrupt: WorkflowInterrupt
     usage: Usage
     node_id: str
-    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    execute_id: str
+    debug_url: str
+    def __init__(self, content: _Optional[str] = ..., node_title: _Optional[str] = ..., node_seq_id: _Optional[str] = ..., node_is_finish: _Optional[bool] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., node_id: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ...) -> None: ...
 
 class WorkflowInterrupt(_message.Message):
-    __slots__ = ("event_id", "type", "data")
+    __slots__ = ("event_id", "type", "data", "required_parameters")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: int
     data: str
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[int] = ..., data: _Optional[str] = ...) -> None: ...
+    required_parameters: _struct_pb2.Value
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[int] = ..., data: _Optional[str] = ..., required_parameters: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
