@@ -1,0 +1,181 @@
+"""The HTTP and cozepy clients every Coze service of one token shares, and the bookkeeping of its chats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import cozepy
+import httpx
+
+from providers.coze.errors import NOT_CANCELLABLE_CODE, code_number, describe
+from providers.errors import ServiceNotReady
+from providers.http import tracked_client_options, upstream_call
+from providers.limits import DEFAULT_LIMITS
+
+_LOGGER = logging.getLogger(__name__)
+
+# How long the background /v3/chat/cancel of a chat the caller abandoned may take;
+# shutdown waits at most this long for cancels still in flight.
+CANCEL_SECONDS = 3.0
+
+
+class CozeClients:
+    """The HTTP client and cozepy client shared by every Coze service of one token."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str,
+        connect_timeout_seconds: float = DEFAULT_LIMITS.connect_timeout_seconds,
+        read_timeout_seconds: float = DEFAULT_LIMITS.idle_timeout_seconds,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        # cozepy's own client subclass; its 600 s defaults are replaced by ours.
+        self.http = _CozeHTTPClient(
+            **tracked_client_options(
+                base_url=self.base_url,
+                connect_timeout_seconds=connect_timeout_seconds,
+                read_timeout_seconds=read_timeout_seconds,
+            )
+        )
+        self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
+        # Strong references to fire-and-forget calls (the event loop keeps only weak
+        # ones); kept here, next to the client they use, so aclose can let them finish.
+        self._background: set[asyncio.Task[None]] = set()
+        # This gateway's own chat in each conversation, until Coze ended it (see open_turn).
+        self._turns: dict[str, asyncio.Event] = {}
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Request:
+        """A POST of ``body`` as JSON to ``path`` of the Coze API, with the token."""
+        return self.http.build_request(
+            "POST", f"{self.base_url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+    def run_in_background(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``call`` without anyone awaiting it; aclose waits for it before closing the client."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def open_turn(self, conversation_id: str) -> asyncio.Event:
+        """Note that this gateway runs a chat in ``conversation_id``; set the event returned once Coze ended it.
+
+        Coze runs one chat per conversation (4016 otherwise), and a chat runs on until it
+        completes or a cancel lands. A caller that abandons a turn and asks the next one at
+        once would otherwise meet its own abandoned turn; ``wait_for_turn`` lets that next
+        turn wait for it instead.
+        """
+        over = asyncio.Event()
+        self._turns[conversation_id] = over
+        return over
+
+    def close_turn(self, conversation_id: str, over: asyncio.Event) -> None:
+        """Coze has ended the chat ``open_turn`` returned ``over`` for."""
+        over.set()
+        if self._turns.get(conversation_id) is over:
+            del self._turns[conversation_id]
+
+    async def wait_for_turn(self, conversation_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` for this gateway's chat in the conversation to end.
+
+        Returns False when there is none, or it still runs after ``timeout``.
+        """
+        over = self._turns.get(conversation_id)
+        if over is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await over.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel_chat(self, conversation_id: str, chat_id: str) -> None:
+        """Ask Coze to stop a chat that will not complete; log, never raise, when that fails."""
+        try:
+            async with upstream_call(), asyncio.timeout(CANCEL_SECONDS):
+                await self.coze.chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
+        except cozepy.CozeAPIError as error:
+            if code_number(error.code) == NOT_CANCELLABLE_CODE:
+                # Coze had ended the chat already (e.g. after an error event): nothing was left running.
+                _LOGGER.debug("Coze chat %s had ended before its cancel", chat_id)
+            else:
+                _LOGGER.warning("could not cancel unfinished Coze chat %s: %s", chat_id, describe(error))
+        except Exception as error:  # nobody awaits this task: the log is the only place to report it
+            _LOGGER.warning("could not cancel unfinished Coze chat %s: %s", chat_id, describe(error))
+        else:
+            _LOGGER.debug("cancelled unfinished Coze chat %s", chat_id)
+
+    async def aclose(self) -> None:
+        """Let background calls finish (each is bounded by its own timeout), then close the pooled connections."""
+        if self._background:
+            await asyncio.wait(set(self._background))
+        await self.http.aclose()
+
+
+class _CozeHTTPClient(cozepy.AsyncHTTPClient):
+    """cozepy's httpx client, sending each request straight to its transport when that changes nothing.
+
+    cozepy builds every ``httpx.Request`` itself (URL, headers, auth, body), so the client's
+    own layers (auth flow, redirect handling, cookie jar) have nothing to add to a call yet
+    cost about 60 µs of CPU on each (benchmarks/RESULTS.md). The direct path keeps what matters:
+    the client's timeouts and its response hooks (which track the response for closing). A
+    redirect answer (Coze sends none; a misconfigured base URL might) sends the request again
+    through httpx's whole handling, which follows it. The transport itself goes through the
+    environment's proxy (``tracked_client_options``).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)  # type: ignore[no-untyped-call]
+        self._transport_only: httpx.AsyncBaseTransport = options["transport"]
+        self._direct = self.auth is None
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, **options: Any) -> httpx.Response:
+        if not self._direct or options:
+            return await super().send(request, stream=stream, **options)
+        request.extensions.setdefault("timeout", self.timeout.as_dict())
+        response = await self._transport_only.handle_async_request(request)
+        for hook in self.event_hooks["response"]:
+            await hook(response)
+        if response.has_redirect_location and self.follow_redirects:
+            await response.aclose()
+            return await super().send(request, stream=stream)
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+
+class CozeService:
+    """What every Coze service shares: the clients, and readiness that depends on them."""
+
+    name: str
+
+    def __init__(self, clients: CozeClients | None, missing_key_reason: str) -> None:
+        self._clients = clients
+        self._missing_key_reason = missing_key_reason
+
+    def not_ready_reason(self) -> str:
+        return "" if self._clients else self._missing_key_reason
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._clients.token,) if self._clients else ()
+
+    async def aclose(self) -> None:
+        # Services may share one CozeClients; closing an httpx client twice is harmless.
+        if self._clients:
+            await self._clients.aclose()
+
+    def _require_clients(self) -> CozeClients:
+        if self._clients is None:
+            raise ServiceNotReady(f"service {self.name!r} is not ready: {self._missing_key_reason}")
+        return self._clients

@@ -1,0 +1,158 @@
+"""The Coze workflow service: run (the whole output), stream_run and stream_resume (events as they happen)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any, ClassVar
+
+import httpx
+
+from providers.base import (
+    ParameterSpec,
+    WorkflowInput,
+    WorkflowNodeEvent,
+    WorkflowResult,
+    WorkflowResume,
+    WorkflowService,
+)
+from providers.coze import events
+from providers.coze.chat import drain
+from providers.coze.clients import CozeClients, CozeService
+from providers.coze.errors import (
+    LOG_ID_HEADER,
+    PROVIDER,
+    error_answer,
+    is_rate_limit,
+    json_object,
+    map_coze_errors,
+    raise_for_json_error,
+)
+from providers.errors import InvalidRequest, UpstreamUnavailable
+from providers.http import body_chunks, upstream_call
+from providers.sse import iter_sse
+
+
+class CozeWorkflowService(CozeService, WorkflowService):
+    """Coze workflows: run (whole output) and stream_run (events as they happen)."""
+
+    provider: ClassVar[str] = "coze_workflow"
+
+    def __init__(
+        self,
+        name: str,
+        clients: CozeClients | None,
+        *,
+        default_workflow_id: str = "",
+        description: str = "",
+        missing_key_reason: str = "COZE_API_TOKEN is not set",
+        inputs: tuple[ParameterSpec, ...] = (),
+    ) -> None:
+        WorkflowService.__init__(
+            self,
+            name,
+            description
+            or "Coze workflows. parameters are the workflow's inputs; workflow_id defaults to "
+            + (default_workflow_id or "COZE_DEFAULT_WORKFLOW_ID")
+            + "; bot_id / app_id for workflows that need them.",
+            inputs,
+        )
+        CozeService.__init__(self, clients, missing_key_reason)
+        self._default_workflow_id = default_workflow_id
+
+    async def run_workflow(self, request: WorkflowInput) -> WorkflowResult:
+        clients = self._require_clients()
+        body = _workflow_body(self._workflow_id(request), request)
+        # Sent and read here, not through cozepy's workflows.runs.create: its WorkflowRunResult
+        # has no field for the interrupt_data of a workflow that stopped at a question node.
+        async with upstream_call() as call:
+            with map_coze_errors(call):
+                response = await clients.http.send(clients.post("/v1/workflow/run", body))
+                payload = _workflow_run_payload(response)
+        return WorkflowResult(
+            output=events.text(payload.get("data")),
+            execute_id=events.text(payload.get("execute_id")),
+            debug_url=events.text(payload.get("debug_url")),
+            usage=events.usage_of(payload.get("usage")),
+            interrupt=events.interrupt(payload.get("interrupt_data"), call),
+        )
+
+    async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
+        clients = self._require_clients()
+        body = _workflow_body(self._workflow_id(request), request)
+        async with contextlib.aclosing(_workflow_events(clients, "/v1/workflow/stream_run", body)) as node_events:
+            async for event in node_events:
+                yield event
+
+    async def resume_workflow(self, request: WorkflowResume) -> AsyncGenerator[WorkflowNodeEvent, None]:
+        clients = self._require_clients()
+        # event_id and resume_data were checked on the way in (server/convert.py).
+        # Exactly the four keys Coze documents (and cozepy sends) for stream_resume.
+        body: dict[str, Any] = {
+            "workflow_id": self._workflow_id(request),
+            "event_id": request.event_id,
+            "resume_data": request.resume_data,
+            "interrupt_type": request.interrupt_type,
+        }
+        async with contextlib.aclosing(_workflow_events(clients, "/v1/workflow/stream_resume", body)) as node_events:
+            async for event in node_events:
+                yield event
+
+    def _workflow_id(self, request: WorkflowInput | WorkflowResume) -> str:
+        workflow_id = request.workflow_id or self._default_workflow_id
+        if not workflow_id:
+            raise InvalidRequest("workflow_id", "is required (no COZE_DEFAULT_WORKFLOW_ID is configured)")
+        return workflow_id
+
+
+def _workflow_body(workflow_id: str, request: WorkflowInput) -> dict[str, Any]:
+    """The body of /v1/workflow/run and /v1/workflow/stream_run (bot_id and app_id only when set)."""
+    body: dict[str, Any] = {"workflow_id": workflow_id, "parameters": dict(request.parameters)}
+    if request.bot_id:
+        body["bot_id"] = request.bot_id
+    if request.app_id:
+        body["app_id"] = request.app_id
+    return body
+
+
+async def _workflow_events(
+    clients: CozeClients, path: str, body: dict[str, Any]
+) -> AsyncGenerator[WorkflowNodeEvent, None]:
+    """POST a workflow stream request (stream_run or stream_resume) and yield its events until it ends.
+
+    A run ends with ``Done``, or with an ``Interrupt``: Coze's own examples end the stream
+    right after it (cozepy's fixture sends a ``Done`` after it too), and the run then waits
+    for ResumeWorkflow. Anything else that ends the body is a cut.
+    """
+    async with upstream_call() as call:
+        with map_coze_errors(call):
+            response = await clients.http.send(clients.post(path, body), stream=True)
+            await raise_for_json_error(response)
+            async with contextlib.aclosing(iter_sse(body_chunks(response))) as sse_events:
+                async for sse in sse_events:
+                    if sse.event == "Message":
+                        yield events.workflow_message(sse, call)
+                    elif sse.event == "Interrupt":
+                        yield events.workflow_interrupt(sse, call)
+                        # The interrupt is the run's last word until it is resumed; a Done may follow.
+                        await drain(sse_events)
+                        return
+                    elif sse.event == "Error":
+                        raise events.workflow_error(sse, call)
+                    elif sse.event == "Done":
+                        return
+                    # PING heartbeats and unknown events carry no output.
+            raise UpstreamUnavailable(
+                "Coze workflow stream ended before its Done event",
+                provider=PROVIDER,
+                log_id=call.header(LOG_ID_HEADER),
+            )
+
+
+def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
+    """The JSON body of a /v1/workflow/run answer; raises the typed error for an error answer."""
+    payload = json_object(response.content)
+    if payload is None or payload.get("code"):
+        # The answer of a unary run comes after the run: only a refusal for its rate proves nothing ran.
+        raise error_answer(response, payload, instead_of="a workflow result", unprocessed=is_rate_limit)
+    return payload
