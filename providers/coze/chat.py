@@ -1,4 +1,10 @@
-"""The Coze bot chat service (chat v3, streamed): the chat request, its relay, the cancel of a chat left unfinished."""
+"""The Coze bot chat service (chat v3, streamed): its request, the relay of its stream, the cancel of chats left open.
+
+The chat request is built and sent here and its response closed here (``open_chat``), as the
+workflow streams are; ``relay_chat`` feeds the stream's events to the rules of
+``events.ChatTurn``. A submit_tool_outputs continuation streams the same events, so it is
+opened with ``open_chat`` and relayed with ``relay_chat`` as well.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 import cozepy
@@ -16,25 +22,22 @@ from providers.base import (
     ChatEvent,
     ChatInput,
     ChatService,
-    FinishReason,
     Message,
     ParameterSpec,
-    ReasoningDelta,
-    TextDelta,
     reject_unknown_parameters,
     string_map_parameter,
     string_parameter,
 )
-from providers.coze import events
 from providers.coze.clients import CANCEL_SECONDS, CozeClients, CozeService
-from providers.coze.errors import CONVERSATION_BUSY_CODE, LOG_ID_HEADER, PROVIDER, code_number, map_coze_errors
-from providers.errors import InvalidRequest, UpstreamUnavailable, quote_input
-from providers.http import UpstreamCall, body_chunks, upstream_call
+from providers.coze.errors import LOG_ID_HEADER, PROVIDER, map_coze_errors
+from providers.coze.events import ChatTurn
+from providers.errors import InvalidRequest, UpstreamConversationBusy, quote_input
+from providers.http import body_chunks
 from providers.sse import iter_sse
 
 _LOGGER = logging.getLogger(__name__)
 
-# How long to keep reading after chat.completed for the body to end, so the
+# How long to keep reading after the stream's last word for the body to end, so the
 # connection goes back to the pool; past it the connection is dropped instead.
 DRAIN_SECONDS = 1.0
 
@@ -70,102 +73,101 @@ class CozeChatService(CozeService, ChatService):
         )
         CozeService.__init__(self, clients, missing_key_reason)
         self._default_bot_id = default_bot_id
+        # The parameters ListServices shows are the ones a request may send.
+        self._parameter_names = frozenset(spec.name for spec in self.parameters)
 
     async def stream_chat(self, request: ChatInput) -> AsyncGenerator[ChatEvent, None]:
         clients = self._require_clients()
+        body = self._chat_body(request)
+        conversation_id = request.conversation_id
+        # cozepy sends the parameter even without a conversation (empty: a new one); so does the gateway.
+        sent = await clients.request("/v3/chat", body, params={"conversation_id": conversation_id or None})
+        turn = ChatTurn()
+        async with (
+            open_chat(clients, sent, turn, conversation_id) as response,
+            contextlib.aclosing(relay_chat(response, turn)) as events,
+        ):
+            async for event in events:
+                yield event
+
+    def _chat_body(self, request: ChatInput) -> dict[str, Any]:
+        """The /v3/chat body for ``request`` (streamed), as cozepy's chat.stream() sends it; checks the parameters."""
         messages = _coze_messages(request.messages)
-        reject_unknown_parameters(request.parameters, frozenset(spec.name for spec in self.parameters))
-        bot_id = string_parameter(request.parameters, "bot_id", self._default_bot_id)
+        parameters = request.parameters
+        reject_unknown_parameters(parameters, self._parameter_names)
+        bot_id = string_parameter(parameters, "bot_id", self._default_bot_id)
         if not bot_id:
             raise InvalidRequest("parameters.bot_id", "is required (no COZE_DEFAULT_BOT_ID is configured)")
-        custom_variables = string_map_parameter(request.parameters, "custom_variables")
-        meta_data = string_map_parameter(request.parameters, "meta_data")
-        # Coze keeps memory per user_id; a constant one would merge every caller's memory.
-        user_id = request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}"
-
-        async def create_chat() -> None:
-            # cozepy's public chat.stream() would read the body itself; _create stops at the
-            # headers, after raising CozeAPIError for a JSON error answer instead of a stream.
-            await clients.coze.chat._create(
-                bot_id=bot_id,
-                user_id=user_id,
-                stream=True,
-                additional_messages=messages,
-                conversation_id=request.conversation_id or None,
-                custom_variables=custom_variables,
-                meta_data=meta_data,
-            )
-
-        async with upstream_call() as call:
-            with map_coze_errors(call), CancelUnlessEnded(clients, request.conversation_id) as chat_state:
-                await _create_once_conversation_is_free(clients, request.conversation_id, create_chat)
-                chat_state.turn_opened()
-                response = _stream_response(call)
-                streamed_message_ids: set[str] = set()
-                follow_ups: list[str] = []
-                async with contextlib.aclosing(iter_sse(body_chunks(response))) as sse_events:
-                    async for sse in sse_events:
-                        kind = sse.event
-                        # Deltas are nearly every event: one JSON decode and a few dict lookups each. Only the
-                        # chat's final event (usage, tool calls, error) goes through cozepy's pydantic model.
-                        if kind == "conversation.message.delta":
-                            delta = events.event_json(sse, call)
-                            if delta.get("type") != "answer":
-                                continue
-                            streamed_message_ids.add(str(delta.get("id") or ""))
-                            reasoning = delta.get("reasoning_content")
-                            if reasoning and isinstance(reasoning, str):
-                                yield ReasoningDelta(reasoning)
-                            content = delta.get("content")
-                            if content and isinstance(content, str):
-                                yield TextDelta(content)
-                        elif kind == "conversation.message.completed":
-                            message = events.event_json(sse, call)
-                            content = message.get("content")
-                            if not content or not isinstance(content, str):
-                                continue
-                            message_type = message.get("type")
-                            if message_type == "follow_up":
-                                follow_ups.append(content)
-                            elif message_type == "answer" and str(message.get("id") or "") not in streamed_message_ids:
-                                # An answer that arrived whole, without deltas, is still part of the answer.
-                                yield TextDelta(content)
-                        elif kind == "conversation.chat.created":
-                            created = events.event_json(sse, call)
-                            chat_state.started(str(created.get("conversation_id") or ""), str(created.get("id") or ""))
-                        elif kind == "conversation.chat.completed":
-                            chat = events.chat(sse, call)
-                            chat_state.ended = True
-                            yield events.chat_finished(chat, FinishReason.STOP, follow_ups)
-                            await drain(sse_events)
-                            return
-                        elif kind == "conversation.chat.requires_action":
-                            chat = events.chat(sse, call)
-                            chat_state.ended = True
-                            calls = events.tool_calls(chat)
-                            yield events.chat_finished(chat, FinishReason.TOOL_CALLS, follow_ups, calls)
-                            await drain(sse_events)
-                            return
-                        elif kind == "conversation.chat.failed":
-                            chat_state.ended = True
-                            raise events.chat_failed(events.event_json(sse, call), call)
-                        elif kind == "error":
-                            raise events.error_event(sse.data, call)
-                        # Everything else (in_progress, audio, done, unknown) is not answer text.
-                raise UpstreamUnavailable(
-                    "Coze stream ended before conversation.chat.completed",
-                    provider=PROVIDER,
-                    log_id=call.header(LOG_ID_HEADER),
-                )
+        body: dict[str, Any] = {
+            "bot_id": bot_id,
+            # Coze keeps memory per user_id; a constant one would merge every caller's memory.
+            "user_id": request.user_id or f"aiplatform-anonymous-{uuid.uuid4().hex}",
+            "additional_messages": messages,
+            "stream": True,
+        }
+        custom_variables = string_map_parameter(parameters, "custom_variables")
+        if custom_variables is not None:
+            body["custom_variables"] = custom_variables
+        body["auto_save_history"] = True
+        meta_data = string_map_parameter(parameters, "meta_data")
+        if meta_data is not None:
+            body["meta_data"] = meta_data
+        return body
 
 
-def _coze_messages(messages: tuple[Message, ...]) -> list[cozepy.Message]:
+@contextlib.asynccontextmanager
+async def open_chat(
+    clients: CozeClients, request: httpx.Request, turn: ChatTurn, conversation_id: str
+) -> AsyncIterator[httpx.Response]:
+    """Send a streamed chat request and yield its event stream, closed when the block ends, however it ends.
+
+    For /v3/chat and for the continuation of a chat (submit_tool_outputs with ``stream``): a
+    4016 from this gateway's own previous turn of ``conversation_id`` is waited out once; the
+    chat is cancelled at Coze unless ``turn`` saw Coze end it (``CancelUnlessEnded``); httpx's
+    failures become the gateway's errors, with the stream's log id (``turn.log_id``).
+    """
+    with map_coze_errors(turn), CancelUnlessEnded(clients, conversation_id, turn) as cancel:
+        response = await _send_once_conversation_is_free(clients, request, conversation_id)
+        async with contextlib.aclosing(response):
+            cancel.turn_opened()
+            turn.log_id = response.headers.get(LOG_ID_HEADER, "")
+            yield response
+
+
+async def relay_chat(response: httpx.Response, turn: ChatTurn) -> AsyncGenerator[ChatEvent, None]:
+    """Yield the provider events of an opened chat stream until Coze ends the turn.
+
+    ``turn`` decides what each event means (``events.ChatTurn``); a body that ends before the
+    turn did raises ``turn.cut()``. After the last event the rest of the body (``done``) is
+    read for a moment, so the connection can be reused.
+    """
+    read = turn.read
+    async with contextlib.aclosing(iter_sse(body_chunks(response))) as sse_events:
+        async for sse in sse_events:
+            for event in read(sse):
+                yield event
+            if turn.ended:
+                await drain(sse_events)
+                return
+    raise turn.cut()
+
+
+async def drain(sse_events: AsyncIterator[Any]) -> None:
+    """Read to the end of the body (done, then EOF) so the connection can be reused."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in sse_events:
+                pass
+
+
+def _coze_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The caller's messages as /v3/chat's additional_messages, in cozepy's shape."""
     converted = []
     for index, message in enumerate(messages):
         if message.role == "user":
-            converted.append(cozepy.Message.build_user_question_text(message.content))
+            converted.append(cozepy.Message.build_user_question_text(message.content).model_dump())
         elif message.role == "assistant":
-            converted.append(cozepy.Message.build_assistant_answer(message.content))
+            converted.append(cozepy.Message.build_assistant_answer(message.content).model_dump())
         else:
             raise InvalidRequest(
                 f"messages[{index}].role",
@@ -177,25 +179,10 @@ def _coze_messages(messages: tuple[Message, ...]) -> list[cozepy.Message]:
     return converted
 
 
-async def drain(sse_events: AsyncIterator[Any]) -> None:
-    """Read to the end of the body (done, then EOF) so the connection can be reused."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            async for _ in sse_events:
-                pass
-
-
-def _stream_response(call: UpstreamCall) -> httpx.Response:
-    """The response cozepy just opened, recorded by the shared client's response hook."""
-    if not call.responses:
-        raise RuntimeError("the Coze response was not recorded: its client must use tracked_client_options()")
-    return call.responses[-1]
-
-
-async def _create_once_conversation_is_free(
-    clients: CozeClients, conversation_id: str, create: Callable[[], Awaitable[None]]
-) -> None:
-    """Create the chat, waiting once for this gateway's own previous turn of the conversation.
+async def _send_once_conversation_is_free(
+    clients: CozeClients, request: httpx.Request, conversation_id: str
+) -> httpx.Response:
+    """Send the chat request, waiting once for this gateway's own previous turn of the conversation.
 
     Coze answers 4016 while the conversation's previous chat runs. When that chat is this
     gateway's own and is ending (its caller just left, its cancel is on the way), the new turn
@@ -203,13 +190,11 @@ async def _create_once_conversation_is_free(
     means Coze started nothing. Otherwise the 4016 stands (ABORTED for the caller).
     """
     try:
-        await create()
-    except cozepy.CozeAPIError as error:
-        if code_number(error.code) != CONVERSATION_BUSY_CODE or not conversation_id:
+        return await clients.send_stream(request)
+    except UpstreamConversationBusy:
+        if not conversation_id or not await clients.wait_for_turn(conversation_id, CANCEL_SECONDS):
             raise
-        if not await clients.wait_for_turn(conversation_id, CANCEL_SECONDS):
-            raise
-        await create()
+    return await clients.send_stream(request)
 
 
 class CancelUnlessEnded:
@@ -219,45 +204,39 @@ class CancelUnlessEnded:
     early (GeneratorExit), the connection broke, a timeout fired, the gateway failed: Coze
     keeps working on a created chat, and billing it, until it is asked to cancel it, and the
     conversation stays busy (4016) meanwhile. A chat that completed, wants tool outputs or
-    failed has nothing to cancel. The cancel runs in the background, so the caller's
-    cancellation is neither delayed nor swallowed; the conversation's turn stays open until
-    it lands (``CozeClients.open_turn``).
+    failed (``turn.ended``) has nothing to cancel, nor one whose ids were never known. The
+    cancel runs in the background, so the caller's cancellation is neither delayed nor
+    swallowed; the conversation's turn stays open until it lands (``CozeClients.open_turn``).
     """
 
-    __slots__ = ("_clients", "_conversation_id", "_ids", "_turn", "ended")
+    __slots__ = ("_clients", "_conversation_id", "_open", "_turn")
 
-    def __init__(self, clients: CozeClients, conversation_id: str) -> None:
+    def __init__(self, clients: CozeClients, conversation_id: str, turn: ChatTurn) -> None:
         self._clients = clients
         self._conversation_id = conversation_id  # the caller's; "" for a new conversation
-        self._turn: asyncio.Event | None = None
-        self._ids: tuple[str, str] | None = None  # (conversation_id, chat_id), known from chat.created
-        self.ended = False
+        self._turn = turn
+        self._open: asyncio.Event | None = None
 
     def turn_opened(self) -> None:
         """Coze accepted the chat: it runs in the caller's conversation until it ends."""
         if self._conversation_id:
-            self._turn = self._clients.open_turn(self._conversation_id)
-
-    def started(self, conversation_id: str, chat_id: str) -> None:
-        """Remember the chat's ids (from conversation.chat.created)."""
-        if conversation_id and chat_id:
-            self._ids = (conversation_id, chat_id)
+            self._open = self._clients.open_turn(self._conversation_id)
 
     def __enter__(self) -> CancelUnlessEnded:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        turn = self._turn
-        if kind is None or self._ids is None or self.ended:
-            if turn is not None:
-                self._clients.close_turn(self._conversation_id, turn)
+        clients, opened, turn = self._clients, self._open, self._turn
+        if kind is None or turn.ended or not (turn.conversation_id and turn.chat_id):
+            if opened is not None:
+                clients.close_turn(self._conversation_id, opened)
             return
-        conversation_id, chat_id = self._ids
+        chat_id = turn.chat_id
         try:
-            task = self._clients.run_in_background(self._clients.cancel_chat(conversation_id, chat_id))
+            task = clients.run_in_background(clients.cancel_chat(turn.conversation_id, chat_id))
         except RuntimeError:
             # No running loop (a generator finalised at interpreter exit): nothing can be sent.
             _LOGGER.warning("could not cancel Coze chat %s: no event loop is running", chat_id)
             return
-        if turn is not None:
-            task.add_done_callback(lambda _: self._clients.close_turn(self._conversation_id, turn))
+        if opened is not None:
+            task.add_done_callback(lambda _: clients.close_turn(self._conversation_id, opened))

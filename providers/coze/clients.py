@@ -1,4 +1,9 @@
-"""The HTTP and cozepy clients every Coze service of one token shares, and the bookkeeping of its chats."""
+"""The HTTP and cozepy clients every Coze service of one token shares, and the bookkeeping of its chats.
+
+cozepy models what it models well: the auth, the shapes of request bodies, the non-streaming
+calls (/v3/chat/cancel). Stream requests are built and sent here (``request``,
+``send_stream``) and read by the modules that own them, which close each response they opened.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Any
 
 import cozepy
 import httpx
+from cozepy.version import coze_client_user_agent, user_agent
 
-from providers.coze.errors import NOT_CANCELLABLE_CODE, code_number, describe
+from providers.coze.errors import NOT_CANCELLABLE_CODE, code_number, describe, raise_for_json_error
 from providers.errors import ServiceNotReady
 from providers.http import tracked_client_options, upstream_call
 from providers.limits import DEFAULT_LIMITS
@@ -43,18 +49,37 @@ class CozeClients:
                 read_timeout_seconds=read_timeout_seconds,
             )
         )
-        self.coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(token), base_url=self.base_url, http_client=self.http)
+        self.auth = cozepy.AsyncTokenAuth(token)
+        self.coze = cozepy.AsyncCoze(auth=self.auth, base_url=self.base_url, http_client=self.http)
+        # The headers cozepy identifies itself with on every request, worked out once.
+        self._identity = {"User-Agent": user_agent(), "X-Coze-Client-User-Agent": coze_client_user_agent()}
         # Strong references to fire-and-forget calls (the event loop keeps only weak
         # ones); kept here, next to the client they use, so aclose can let them finish.
         self._background: set[asyncio.Task[None]] = set()
         # This gateway's own chat in each conversation, until Coze ended it (see open_turn).
         self._turns: dict[str, asyncio.Event] = {}
 
-    def post(self, path: str, body: dict[str, Any]) -> httpx.Request:
-        """A POST of ``body`` as JSON to ``path`` of the Coze API, with the token."""
-        return self.http.build_request(
-            "POST", f"{self.base_url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"}
-        )
+    async def request(
+        self, path: str, body: dict[str, Any], params: dict[str, str | None] | None = None
+    ) -> httpx.Request:
+        """A POST of ``body`` (JSON) to ``path`` of the Coze API, as cozepy sends one: its headers and auth."""
+        headers = dict(self._identity)
+        await self.auth.aauthentication(headers)
+        return httpx.Request("POST", f"{self.base_url}{path}", params=params, headers=headers, json=body)
+
+    async def send_stream(self, request: httpx.Request) -> httpx.Response:
+        """Send a stream request; the response returned is the event stream, for the caller to close.
+
+        Raises the typed error of an error answer (JSON where the stream was due, often with
+        HTTP 200: Coze started nothing), that response closed.
+        """
+        response = await self.http.send(request, stream=True)
+        try:
+            await raise_for_json_error(response)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     def run_in_background(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``call`` without anyone awaiting it; aclose waits for it before closing the client."""
@@ -122,8 +147,8 @@ class CozeClients:
 class _CozeHTTPClient(cozepy.AsyncHTTPClient):
     """cozepy's httpx client, sending each request straight to its transport when that changes nothing.
 
-    cozepy builds every ``httpx.Request`` itself (URL, headers, auth, body), so the client's
-    own layers (auth flow, redirect handling, cookie jar) have nothing to add to a call yet
+    Every request comes built (by cozepy, or by ``CozeClients.request``: URL, headers, auth, body),
+    so the client's own layers (auth flow, redirect handling, cookie jar) have nothing to add to a call yet
     cost about 60 µs of CPU on each (benchmarks/RESULTS.md). The direct path keeps what matters:
     the client's timeouts and its response hooks (which track the response for closing). A
     redirect answer (Coze sends none; a misconfigured base URL might) sends the request again

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import cozepy
 import httpx
-import pydantic
 
 from providers.errors import (
     UpstreamAuthError,
@@ -23,7 +22,6 @@ from providers.errors import (
     UpstreamUnavailable,
     connection_failed,
 )
-from providers.http import UpstreamCall
 
 PROVIDER = "coze"
 LOG_ID_HEADER = "x-tt-logid"
@@ -139,28 +137,17 @@ def error_answer(
     )
 
 
+class Logged(Protocol):
+    """What knows the log id of a call's answer (Coze's x-tt-logid), once there is one."""
+
+    log_id: str
+
+
 @contextlib.contextmanager
-def map_coze_errors(call: UpstreamCall) -> Iterator[None]:
-    """Translate cozepy's and httpx's exceptions into the gateway's error tree."""
+def map_coze_errors(call: Logged | None = None) -> Iterator[None]:
+    """Translate httpx's exceptions into the gateway's error tree, with ``call``'s log id (none before an answer)."""
     try:
         yield
-    except cozepy.CozeAPIError as error:
-        # cozepy raises it for an error answer where the chat stream was due: Coze did not start.
-        response = call.responses[-1] if call.responses else None
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        raise coze_error(
-            error.code,
-            f"Coze: {error.msg}",
-            log_id=error.logid or call.header(LOG_ID_HEADER),
-            retry_after=retry_after,
-            unprocessed=True,
-        ) from error
-    except pydantic.ValidationError as error:
-        raise UpstreamUnavailable(
-            "Coze sent an event that does not match its schema",
-            provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
-        ) from error
     except (httpx.ConnectTimeout, httpx.ConnectError) as error:
         raise connection_failed(PROVIDER, "Coze", error, timed_out=isinstance(error, httpx.ConnectTimeout)) from error
     except httpx.DecodingError as error:
@@ -168,19 +155,19 @@ def map_coze_errors(call: UpstreamCall) -> Iterator[None]:
         raise UpstreamUnavailable(
             f"Coze sent a body that does not decode ({type(error).__name__})",
             provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
+            log_id=call.log_id if call is not None else "",
         ) from error
     except httpx.TimeoutException as error:
         raise UpstreamTimeout(
             f"Coze did not answer in time ({type(error).__name__})",
             provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
+            log_id=call.log_id if call is not None else "",
         ) from error
     except httpx.TransportError as error:
         raise UpstreamUnavailable(
             f"Coze broke the connection ({type(error).__name__})",
             provider=PROVIDER,
-            log_id=call.header(LOG_ID_HEADER),
+            log_id=call.log_id if call is not None else "",
         ) from error
 
 

@@ -19,17 +19,10 @@ from providers.base import (
 from providers.coze import events
 from providers.coze.chat import drain
 from providers.coze.clients import CozeClients, CozeService
-from providers.coze.errors import (
-    LOG_ID_HEADER,
-    PROVIDER,
-    error_answer,
-    is_rate_limit,
-    json_object,
-    map_coze_errors,
-    raise_for_json_error,
-)
-from providers.errors import InvalidRequest, UpstreamUnavailable
-from providers.http import body_chunks, upstream_call
+from providers.coze.errors import LOG_ID_HEADER, error_answer, is_rate_limit, json_object, map_coze_errors
+from providers.coze.events import WorkflowRun
+from providers.errors import InvalidRequest
+from providers.http import body_chunks
 from providers.sse import iter_sse
 
 
@@ -65,16 +58,18 @@ class CozeWorkflowService(CozeService, WorkflowService):
         body = _workflow_body(self._workflow_id(request), request)
         # Sent and read here, not through cozepy's workflows.runs.create: its WorkflowRunResult
         # has no field for the interrupt_data of a workflow that stopped at a question node.
-        async with upstream_call() as call:
-            with map_coze_errors(call):
-                response = await clients.http.send(clients.post("/v1/workflow/run", body))
-                payload = _workflow_run_payload(response)
+        sent = await clients.request("/v1/workflow/run", body)
+        with map_coze_errors():
+            # Not streamed: the client reads the whole body and closes the response.
+            response = await clients.http.send(sent)
+        payload = _workflow_run_payload(response)
+        log_id = response.headers.get(LOG_ID_HEADER, "")
         return WorkflowResult(
             output=events.text(payload.get("data")),
             execute_id=events.text(payload.get("execute_id")),
             debug_url=events.text(payload.get("debug_url")),
-            usage=events.usage_of(payload.get("usage")),
-            interrupt=events.interrupt(payload.get("interrupt_data"), call),
+            usage=events.usage_of(payload.get("usage"), log_id),
+            interrupt=events.interrupt(payload.get("interrupt_data"), log_id),
         )
 
     async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
@@ -118,35 +113,28 @@ def _workflow_body(workflow_id: str, request: WorkflowInput) -> dict[str, Any]:
 async def _workflow_events(
     clients: CozeClients, path: str, body: dict[str, Any]
 ) -> AsyncGenerator[WorkflowNodeEvent, None]:
-    """POST a workflow stream request (stream_run or stream_resume) and yield its events until it ends.
+    """POST a workflow stream request (stream_run or stream_resume) and yield its events until the run ends.
 
-    A run ends with ``Done``, or with an ``Interrupt``: Coze's own examples end the stream
-    right after it (cozepy's fixture sends a ``Done`` after it too), and the run then waits
-    for ResumeWorkflow. Anything else that ends the body is a cut.
+    ``events.WorkflowRun`` decides what each event means and when the run has ended; a
+    body that ends before that raises ``run.cut()``.
     """
-    async with upstream_call() as call:
-        with map_coze_errors(call):
-            response = await clients.http.send(clients.post(path, body), stream=True)
-            await raise_for_json_error(response)
+    run = WorkflowRun()
+    sent = await clients.request(path, body)
+    with map_coze_errors(run):
+        response = await clients.send_stream(sent)
+        async with contextlib.aclosing(response):
+            run.log_id = response.headers.get(LOG_ID_HEADER, "")
             async with contextlib.aclosing(iter_sse(body_chunks(response))) as sse_events:
                 async for sse in sse_events:
-                    if sse.event == "Message":
-                        yield events.workflow_message(sse, call)
-                    elif sse.event == "Interrupt":
-                        yield events.workflow_interrupt(sse, call)
-                        # The interrupt is the run's last word until it is resumed; a Done may follow.
-                        await drain(sse_events)
+                    event = run.read(sse)
+                    if event is not None:
+                        yield event
+                    if run.ended:
+                        if run.interrupted:
+                            # The interrupt is the run's last word until it is resumed; a Done may follow.
+                            await drain(sse_events)
                         return
-                    elif sse.event == "Error":
-                        raise events.workflow_error(sse, call)
-                    elif sse.event == "Done":
-                        return
-                    # PING heartbeats and unknown events carry no output.
-            raise UpstreamUnavailable(
-                "Coze workflow stream ended before its Done event",
-                provider=PROVIDER,
-                log_id=call.header(LOG_ID_HEADER),
-            )
+    raise run.cut()
 
 
 def _workflow_run_payload(response: httpx.Response) -> dict[str, Any]:
