@@ -21,6 +21,7 @@ from clients._common import (
     MessageLike,
     Metadata,
     ResumeWorkflowCallback,
+    ToolLike,
     WorkflowCallback,
     default_service_config,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "MessageLike",
     "Metadata",
     "ResumeWorkflowCallback",
+    "ToolLike",
     "WorkflowCallback",
     "default_service_config",
 ]

@@ -22,6 +22,7 @@ from clients._common import (
     ServiceConfigOption,
     StreamedT,
     Timeout,
+    ToolLike,
     WorkflowCallback,
     channel_options,
     chat_request,
@@ -88,11 +89,33 @@ class AsyncAIPlatformClient(ClientBase):
         *,
         user_id: str = "",
         conversation_id: str = "",
+        tools: Iterable[ToolLike] | None = None,
+        tool_choice: str = "",
+        chat_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata | None = None,
     ) -> pb.ChatResponse:
-        """Run one chat turn and return the whole answer."""
-        request = chat_request(pb.ChatRequest, service_name, messages, parameters, user_id, conversation_id)
+        """Run one chat turn and return the whole answer.
+
+        ``tools`` offers the model functions, and ``tool_choice`` ("auto", "none", "required" or a tool's
+        name) steers it. When it calls some, the answer ends with FINISH_REASON_TOOL_CALLS and ``tool_calls``:
+        run them, then call again with the history, the assistant turn ``{"role": "assistant",
+        "tool_calls": response.tool_calls}`` and a ``{"role": "tool", "tool_call_id": call.id, "content":
+        output}`` per call (a Coze service also wants ``conversation_id`` and this turn's ``chat_id``).
+        A message's ``parts`` (dicts such as ``{"text": ...}``, ``{"image": {"url": ...}}`` or
+        ``{"image": {"data": png_bytes, "mime_type": "image/png"}}``) replace its ``content``.
+        """
+        request = chat_request(
+            pb.ChatRequest,
+            service_name,
+            messages,
+            parameters,
+            user_id,
+            conversation_id,
+            tools,
+            tool_choice,
+            chat_id,
+        )
         options = self._call_options(timeout, metadata)
         with map_rpc_errors():
             response: pb.ChatResponse = await self._stub.Chat(request, **options)
@@ -106,11 +129,24 @@ class AsyncAIPlatformClient(ClientBase):
         *,
         user_id: str = "",
         conversation_id: str = "",
+        tools: Iterable[ToolLike] | None = None,
+        tool_choice: str = "",
+        chat_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata | None = None,
     ) -> AsyncGenerator[pb.StreamChatResponse, None]:
         """Stream one chat turn (``async for``); the call starts when iterated, and ``aclose()`` cancels it."""
-        request = chat_request(pb.StreamChatRequest, service_name, messages, parameters, user_id, conversation_id)
+        request = chat_request(
+            pb.StreamChatRequest,
+            service_name,
+            messages,
+            parameters,
+            user_id,
+            conversation_id,
+            tools,
+            tool_choice,
+            chat_id,
+        )
         return self._stream(self._stub.StreamChat, request, timeout, metadata)
 
     async def stream_chat(
@@ -121,6 +157,9 @@ class AsyncAIPlatformClient(ClientBase):
         *,
         user_id: str = "",
         conversation_id: str = "",
+        tools: Iterable[ToolLike] | None = None,
+        tool_choice: str = "",
+        chat_id: str = "",
         callback: ChatCallback | None = None,
         timeout: Timeout = UNSET,
         metadata: Metadata | None = None,
@@ -135,6 +174,9 @@ class AsyncAIPlatformClient(ClientBase):
             parameters,
             user_id=user_id,
             conversation_id=conversation_id,
+            tools=tools,
+            tool_choice=tool_choice,
+            chat_id=chat_id,
             timeout=timeout,
             metadata=metadata,
         )

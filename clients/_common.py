@@ -21,8 +21,13 @@ from aiplatform.v1 import aiplatform_pb2 as pb
 
 _LOGGER = logging.getLogger(__name__)
 
-#: A chat message: ``{"role": ..., "content": ...}``, ``(role, content)`` or a ``pb.ChatMessage``.
-MessageLike: TypeAlias = Mapping[str, str] | tuple[str, str] | pb.ChatMessage
+#: A chat message: a dict of ChatMessage's fields (``{"role": ..., "content": ...}``; ``tool_calls`` as a
+#: response gave them, ``tool_call_id``, ``parts`` as dicts such as ``{"image": {"url": ...}}``), a
+#: ``(role, content)`` tuple, or a ``pb.ChatMessage``.
+MessageLike: TypeAlias = Mapping[str, Any] | tuple[str, str] | pb.ChatMessage
+#: A tool: ``{"name": ..., "description": ..., "parameters": {JSON Schema}}``, OpenAI's
+#: ``{"type": "function", "function": {...}}`` of the same, or a ``pb.Tool``.
+ToolLike: TypeAlias = Mapping[str, Any] | pb.Tool
 #: Request metadata: ``(key, value)`` pairs; keys are lower case, values ending in ``-bin`` are bytes.
 Metadata: TypeAlias = Sequence[tuple[str, str | bytes]]
 #: Called with each streamed message, its text, and the text so far (async clients also await a result).
@@ -145,6 +150,9 @@ def chat_request(
     parameters: Mapping[str, Any] | None,
     user_id: str,
     conversation_id: str,
+    tools: Iterable[ToolLike] | None = None,
+    tool_choice: str = "",
+    chat_id: str = "",
 ) -> _ChatRequestT:
     """A ChatRequest or StreamChatRequest from the clients' plain arguments."""
     return request_type(
@@ -153,6 +161,9 @@ def chat_request(
         parameters=to_struct(parameters),
         user_id=user_id,
         conversation_id=conversation_id,
+        tools=to_tools(tools or ()),
+        tool_choice=tool_choice,
+        chat_id=chat_id,
     )
 
 
@@ -198,21 +209,53 @@ def _to_message(message: MessageLike, index: int) -> pb.ChatMessage:
     if isinstance(message, pb.ChatMessage):
         return message
     if isinstance(message, Mapping):
+        if "role" not in message or not _MESSAGE_BODIES & message.keys():
+            raise ValueError(f"messages[{index}] needs 'role' and 'content' (or 'parts', or 'tool_calls')")
         try:
-            return pb.ChatMessage(role=message["role"], content=message["content"])
-        except KeyError as error:
-            raise ValueError(f"messages[{index}] needs 'role' and 'content' (missing {error})") from None
+            return pb.ChatMessage(**message)
+        except (ValueError, TypeError) as error:  # a key ChatMessage has not, or a value of the wrong type
+            raise ValueError(f"messages[{index}]: {error}") from None
     if isinstance(message, tuple) and len(message) == 2:
         role, content = message
         return pb.ChatMessage(role=role, content=content)
     raise TypeError(f"messages[{index}]: expected a dict, a (role, content) tuple or pb.ChatMessage, got {message!r}")
 
 
-def to_struct(parameters: Mapping[str, Any] | None) -> struct_pb2.Struct:
+_MESSAGE_BODIES = frozenset({"content", "parts", "tool_calls"})
+
+
+def to_tools(tools: Iterable[ToolLike]) -> list[pb.Tool]:
+    """Tools from dicts (ours or OpenAI's ``{"type": "function", "function": {...}}``) or ``pb.Tool``."""
+    if isinstance(tools, str | Mapping):
+        raise TypeError("tools must be a list of tools, e.g. [{'name': 'get_weather', 'parameters': {...}}]")
+    return [_to_tool(tool, index) for index, tool in enumerate(tools)]
+
+
+def _to_tool(tool: ToolLike, index: int) -> pb.Tool:
+    if isinstance(tool, pb.Tool):
+        return tool
+    if not isinstance(tool, Mapping):
+        raise TypeError(f"tools[{index}]: expected a dict or pb.Tool, got {tool!r}")
+    function = tool.get("function")
+    if tool.get("type") == "function" and isinstance(function, Mapping):
+        tool = function  # OpenAI's form, as tools are often written already
+    unknown = tool.keys() - {"name", "description", "parameters"}
+    if "name" not in tool or unknown:
+        raise ValueError(
+            f"tools[{index}] needs 'name' and may have 'description' and 'parameters' (got {sorted(tool)})"
+        )
+    return pb.Tool(
+        name=tool["name"],
+        description=tool.get("description", ""),
+        parameters=to_struct(tool.get("parameters"), f"tools[{index}].parameters"),
+    )
+
+
+def to_struct(parameters: Mapping[str, Any] | None, path: str = "parameters") -> struct_pb2.Struct:
     """A Struct from a JSON-like dict; refuses integers a Struct cannot hold exactly and nesting the gateway refuses."""
     struct = struct_pb2.Struct()
     if parameters:
-        _check_values(parameters, "parameters", 1)
+        _check_values(parameters, path, 1)
         struct.update(dict(parameters))
     return struct
 

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from clients._common import API_KEY_VARIABLE, AIPlatformError, default_service_config, to_struct
+from clients._common import API_KEY_VARIABLE, AIPlatformError, default_service_config, to_struct, to_tools
 from clients._sync import AIPlatformClient
 
 PROGRAM = "aiplatform"
@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if hasattr(args, "parameters"):
             args.parameters = _checked_parameters(parser, args.parameters)
+        if getattr(args, "text", "") is None and not args.messages:
+            parser.error("chat needs TEXT, or the conversation in --messages")
     except SystemExit as exit:  # --help, or a usage error argparse has printed
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     printer = Printer(as_json=args.json)
@@ -121,15 +123,45 @@ def build_parser(default_target: str) -> argparse.ArgumentParser:
         "chat",
         parents=[common],
         help="one chat turn, printed as it streams",
-        description="Send one user message and print the answer as it arrives (reasoning, when the model "
-        "reasons, goes to stderr; so do the conversation id, follow-ups and tool calls).",
+        description="Send one user message (after the conversation in --messages, if given) and print the answer "
+        "as it arrives (reasoning, when the model reasons, goes to stderr; so do the conversation id, follow-ups "
+        "and tool calls). With --tools the model may call functions: run them and send their outputs back as "
+        "tool messages in --messages.",
     )
     chat.add_argument("service", metavar="SERVICE")
-    chat.add_argument("text", metavar="TEXT", help='the message; "-" reads it from standard input')
+    chat.add_argument(
+        "text",
+        metavar="TEXT",
+        nargs="?",
+        help='the message; "-" reads it from standard input; may be left out after --messages (to send tool outputs)',
+    )
     _add_parameters_option(chat)
     chat.add_argument("--no-stream", action="store_true", help="call Chat and print the whole answer at the end")
     chat.add_argument("--conversation-id", default="", metavar="ID", help="continue this conversation")
     chat.add_argument("--user-id", default="", metavar="ID", help="the end user, for the upstream's memory")
+    chat.add_argument(
+        "--messages",
+        type=_messages_file,
+        default=[],
+        metavar="FILE",
+        help="the conversation so far, sent before TEXT: a JSON list of ChatMessage objects as --json prints "
+        'them, e.g. [{"role": "user", "content": "..."}, {"role": "assistant", "tool_calls": [...]}, '
+        '{"role": "tool", "tool_call_id": "...", "content": "..."}] (bytes in base64)',
+    )
+    chat.add_argument(
+        "--tools",
+        type=_tools_file,
+        default=[],
+        metavar="FILE",
+        help='the functions the model may call: a JSON list of {"name", "description", "parameters": '
+        '{JSON Schema}}, or of OpenAI\'s {"type": "function", "function": {...}}',
+    )
+    chat.add_argument(
+        "--tool-choice", default="", metavar="CHOICE", help="auto (the default), none, required, or a tool's name"
+    )
+    chat.add_argument(
+        "--chat-id", default="", metavar="ID", help="the turn whose tool calls the tool messages answer (Coze)"
+    )
     chat.set_defaults(run=run_chat)
 
     workflow = commands.add_parser(
@@ -269,6 +301,35 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(name)
 
 
+def _messages_file(path: str) -> list[pb.ChatMessage]:
+    """The ChatMessages in the JSON file at ``path`` (a list, in the API's JSON form)."""
+    items = _json_list_file(path)
+    try:
+        return [json_format.ParseDict(item, pb.ChatMessage()) for item in items]
+    except json_format.ParseError as error:
+        raise argparse.ArgumentTypeError(f"{path}: {error}") from None
+
+
+def _tools_file(path: str) -> list[pb.Tool]:
+    """The tools in the JSON file at ``path`` (a list)."""
+    items = _json_list_file(path)
+    try:
+        return to_tools(items)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{path}: {error}") from None
+
+
+def _json_list_file(path: str) -> list[Any]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            items = json.load(file)
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error}") from None
+    if not isinstance(items, list):
+        raise argparse.ArgumentTypeError(f"{path}: expected a JSON list, got {type(items).__name__}")
+    return items
+
+
 def _checked_parameters(parser: argparse.ArgumentParser, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """The parameters as a dict, refused here (exit 2) when the client could not send them."""
     parameters = dict(pairs)
@@ -381,10 +442,13 @@ def run_chat(client: AIPlatformClient, args: argparse.Namespace, printer: Printe
     text = sys.stdin.read().rstrip("\n") if args.text == "-" else args.text
     call = {
         "service_name": args.service,
-        "messages": [{"role": "user", "content": text}],
+        "messages": [*args.messages, *([{"role": "user", "content": text}] if text is not None else [])],
         "parameters": args.parameters,
         "user_id": args.user_id,
         "conversation_id": args.conversation_id,
+        "tools": args.tools,
+        "tool_choice": args.tool_choice,
+        "chat_id": args.chat_id,
     }
     if args.no_stream:
         response = client.chat(**call)
