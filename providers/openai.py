@@ -3,16 +3,19 @@
 Speaks the Chat Completions wire format that OpenAI and many others (DeepSeek, Qwen's
 compatible mode, vLLM, ...) share. Streams are read with our own SSE reader and
 end OK only after ``data: [DONE]``; DeepSeek-style ``reasoning_content`` becomes
-reasoning.
+reasoning, and streamed ``tool_calls`` pieces become whole calls (``ToolCallAssembler``).
+Requests carry tools, a tool loop's history and images (content arrays); files are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
@@ -23,15 +26,20 @@ from providers.base import (
     ChatInput,
     ChatResult,
     ChatService,
+    ContentPart,
+    FilePart,
     FinishReason,
+    ImagePart,
+    Message,
     ParameterSpec,
     ReasoningDelta,
     TextDelta,
+    TextPart,
+    Tool,
+    ToolCall,
     Usage,
-    int_parameter,
     json_type_name,
     reject_unknown_parameters,
-    string_parameter,
 )
 from providers.errors import (
     InvalidRequest,
@@ -45,6 +53,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     connection_failed,
+    quote_input,
 )
 from providers.http import received_chunks, upstream_session
 from providers.limits import DEFAULT_LIMITS
@@ -53,22 +62,35 @@ from providers.sse import ServerSentEvent, iter_sse
 PROVIDER = "openai"
 LOG_ID_HEADER = "x-request-id"
 
-_NUMBER_PARAMETERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-# OpenAI documents seed as a 64-bit integer; max_tokens has no documented ceiling.
-_INTEGER_PARAMETERS = {"max_tokens": (1, 2**31 - 1), "seed": (-(2**63), 2**63 - 1)}
-_CHAT_PARAMETERS = frozenset({"model", "stop", "response_format", *_NUMBER_PARAMETERS, *_INTEGER_PARAMETERS})
+
+@dataclass(frozen=True, slots=True)
+class _Parameter(ParameterSpec):
+    """A key of ``parameters``: what ListServices shows, and, for integers, the bounds a request is held to."""
+
+    minimum: int | None = None
+    maximum: int | None = None
 
 
-def _parameter_specs(default_model: str) -> tuple[ParameterSpec, ...]:
-    """What ListServices shows; the same keys as _CHAT_PARAMETERS."""
+# The one declaration of what the service takes in ``parameters``: ListServices lists it and
+# requests are checked against it, by each parameter's type (``_CHECKS``), so the two cannot drift.
+_OPTIONS = (
+    _Parameter("temperature", "number", "sampling temperature, passed to the upstream as is"),
+    _Parameter("top_p", "number", "nucleus sampling, passed to the upstream as is"),
+    _Parameter("presence_penalty", "number", "passed to the upstream as is"),
+    _Parameter("frequency_penalty", "number", "passed to the upstream as is"),
+    # max_tokens has no documented ceiling; OpenAI documents seed as a 64-bit integer.
+    _Parameter("max_tokens", "integer", "the most tokens to generate", minimum=1, maximum=2**31 - 1),
+    _Parameter("seed", "integer", "for repeatable sampling", minimum=-(2**63), maximum=2**63 - 1),
+    _Parameter("stop", "string|array", "stop sequence(s)"),
+    _Parameter("response_format", "object", 'e.g. {"type": "json_object"}'),
+    _Parameter("parallel_tool_calls", "boolean", "whether the model may call several tools in one turn"),
+)
+
+
+def _parameters(default_model: str) -> tuple[_Parameter, ...]:
+    """The parameters of a service whose default model is ``default_model`` ("" for none)."""
     model = f"the model (default {default_model})" if default_model else "the model"
-    return (
-        ParameterSpec("model", "string", model, required=not default_model),
-        *(ParameterSpec(name, "number", "passed to the upstream as is") for name in _NUMBER_PARAMETERS),
-        *(ParameterSpec(name, "integer", "passed to the upstream as is") for name in _INTEGER_PARAMETERS),
-        ParameterSpec("stop", "string|array", "stop sequence(s)"),
-        ParameterSpec("response_format", "object", 'e.g. {"type": "json_object"}'),
-    )
+    return (_Parameter("model", "string", model, required=not default_model), *_OPTIONS)
 
 
 _FINISH_REASONS = {
@@ -119,11 +141,16 @@ class OpenAIChatService(ChatService):
         description: str = "",
         missing_key_reason: str = "no API key is configured",
     ) -> None:
+        parameters = _parameters(default_model)
         super().__init__(
             name,
-            description or "OpenAI-compatible chat completions. Roles: system, user, assistant.",
-            _parameter_specs(default_model),
+            description
+            or "OpenAI-compatible chat completions. Roles: system, user, assistant, tool. Takes tools, "
+            "and images (by URL or bytes) in a user message's parts.",
+            parameters,
         )
+        self._parameters = parameters
+        self._parameter_names = frozenset(parameter.name for parameter in self._parameters)
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._api_key = api_key or ""
         # The wiring knows where the key comes from ("OPENAI_API_KEY is not set"); the provider does not.
@@ -145,6 +172,20 @@ class OpenAIChatService(ChatService):
         """Close the pooled connections."""
         if self._session is not None:
             await self._session.close()
+
+    def check_input(self, request: ChatInput) -> None:
+        """Refuse what the Chat Completions API cannot take: files, provider file ids, misplaced images."""
+        if request.tool_choice and not request.tools:
+            raise InvalidRequest("tool_choice", "needs tools: the upstream takes a tool_choice only with tools")
+        for index, message in enumerate(request.messages):
+            for call_index, call in enumerate(message.tool_calls):
+                if call.type != "function":
+                    raise InvalidRequest(
+                        f"messages[{index}].tool_calls[{call_index}].type",
+                        f"must be 'function' for service {self.name!r} (got {quote_input(call.type)})",
+                    )
+            for part_index, part in enumerate(message.parts):
+                _check_part(part, message.role, f"messages[{index}].parts[{part_index}]", self.name)
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: an aiohttp session belongs to the event loop that runs the calls.
@@ -176,13 +217,20 @@ class OpenAIChatService(ChatService):
                 finish_reason: FinishReason | None = None
                 usage: Usage | None = None
                 chat_id = ""
+                # Made when the first tool call arrives: a text answer pays nothing for it.
+                tool_calls: ToolCallAssembler | None = None
                 async with contextlib.aclosing(iter_sse(received_chunks(response.content))) as events:
                     async for sse in events:
                         data = sse.data
                         if data == "[DONE]":
                             if finish_reason is None:
                                 raise self._broken(exchange, "the stream ended with [DONE] but no finish_reason")
-                            yield ChatFinished(finish_reason=finish_reason, usage=usage, chat_id=chat_id)
+                            finish_reason, calls = _with_tool_calls(
+                                finish_reason, tool_calls.calls() if tool_calls is not None else ()
+                            )
+                            yield ChatFinished(
+                                finish_reason=finish_reason, usage=usage, chat_id=chat_id, tool_calls=calls
+                            )
                             await _drain(events)
                             return
                         if not data:
@@ -202,6 +250,11 @@ class OpenAIChatService(ChatService):
                                 content = delta.get("content")
                                 if content and isinstance(content, str):
                                     yield TextDelta(content)
+                                tool_call_deltas = delta.get("tool_calls")
+                                if tool_call_deltas:
+                                    if tool_calls is None:
+                                        tool_calls = ToolCallAssembler()
+                                    tool_calls.add(tool_call_deltas)
                             reason = choice.get("finish_reason")
                             if reason and isinstance(reason, str):
                                 finish_reason = _FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
@@ -231,15 +284,20 @@ class OpenAIChatService(ChatService):
         if payload is None or choice is None or not isinstance(message, dict):
             raise self._broken(exchange, "the upstream answered with a malformed chat.completion")
         reason = choice.get("finish_reason")
+        # The whole body arrived, so a missing finish_reason is unknown, not a cut.
+        finish_reason, tool_calls = _with_tool_calls(
+            _FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
+            if isinstance(reason, str)
+            else FinishReason.UNSPECIFIED,
+            whole_tool_calls(message.get("tool_calls")),
+        )
         return ChatResult(
             content=_text(message.get("content")),
             reasoning=_text(message.get("reasoning_content")),
-            # The whole body arrived, so a missing finish_reason is unknown, not a cut.
-            finish_reason=_FINISH_REASONS.get(reason, FinishReason.UNSPECIFIED)
-            if isinstance(reason, str)
-            else FinishReason.UNSPECIFIED,
+            finish_reason=finish_reason,
             usage=_usage(payload.get("usage")),
             chat_id=str(payload.get("id") or ""),
+            tool_calls=tool_calls,
         )
 
     # --- requests ---------------------------------------------------------------------------------
@@ -248,16 +306,19 @@ class OpenAIChatService(ChatService):
         """Validate the call and build the JSON body; raises before any network I/O."""
         if not self._api_key:
             raise ServiceNotReady(f"service {self.name!r} is not ready: {self._missing_key_reason}")
-        parameters = request.parameters
-        reject_unknown_parameters(parameters, _CHAT_PARAMETERS)
-        model = string_parameter(parameters, "model", self._default_model)
+        # The servicer checked already; checked again so that the provider is safe called alone.
+        self.check_input(request)
+        reject_unknown_parameters(request.parameters, self._parameter_names)
+        options = _checked_options(request.parameters, self._parameters)
+        model = options.pop("model", self._default_model)
         if not model:
             raise InvalidRequest("parameters.model", f"is required (service {self.name!r} has no default model)")
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [{"role": message.role, "content": message.content} for message in request.messages],
-        }
-        body.update(_options(parameters))
+        body: dict[str, Any] = {"model": model, "messages": [_wire_message(message) for message in request.messages]}
+        if request.tools:
+            body["tools"] = [_wire_tool(tool) for tool in request.tools]
+        if request.tool_choice:
+            body["tool_choice"] = _wire_tool_choice(request.tool_choice)
+        body.update(options)
         body["stream"] = stream
         if stream:
             # Without this the stream carries no usage at all.
@@ -327,37 +388,245 @@ class _Exchange:
         return self.headers.get(LOG_ID_HEADER, "")
 
 
-def _options(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The sampling options the caller set, type-checked, in their JSON types."""
+# --- parameters -------------------------------------------------------------------------------
+
+
+def _checked_options(parameters: Mapping[str, Any], declared: tuple[_Parameter, ...]) -> dict[str, Any]:
+    """The declared parameters the caller set, each checked against its type (and bounds), in their JSON types."""
     options: dict[str, Any] = {}
-    for key in _NUMBER_PARAMETERS:
-        value = parameters.get(key)
+    for parameter in declared:
+        value = parameters.get(parameter.name)
         if value is not None:
-            # Struct numbers arrive as int when integral, float otherwise; bool is not a number.
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidRequest(f"parameters.{key}", f"must be a number, got {json_type_name(value)}")
-            options[key] = value
-    for key, (minimum, maximum) in _INTEGER_PARAMETERS.items():
-        if parameters.get(key) is not None:
-            options[key] = int_parameter(parameters, key, 0, minimum=minimum, maximum=maximum)
-    stop = parameters.get("stop")
-    if stop is not None:
-        if not isinstance(stop, str | list):
-            raise InvalidRequest(
-                "parameters.stop", f"must be a string or a list of strings, got {json_type_name(stop)}"
-            )
-        for index, item in enumerate(stop if isinstance(stop, list) else ()):
-            if not isinstance(item, str):
-                raise InvalidRequest(f"parameters.stop[{index}]", f"must be a string, got {json_type_name(item)}")
-        options["stop"] = stop
-    response_format = parameters.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict):
-            raise InvalidRequest(
-                "parameters.response_format", f"must be an object, got {json_type_name(response_format)}"
-            )
-        options["response_format"] = response_format
+            _CHECKS[parameter.type](parameter, value)
+            options[parameter.name] = value
     return options
+
+
+def _check_string(parameter: _Parameter, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be a string, got {json_type_name(value)}")
+
+
+def _check_number(parameter: _Parameter, value: object) -> None:
+    # Struct numbers arrive as int when integral, float otherwise; bool is not a number.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be a number, got {json_type_name(value)}")
+
+
+def _check_integer(parameter: _Parameter, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be an integer, got {json_type_name(value)}")
+    minimum, maximum = parameter.minimum, parameter.maximum
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be between {minimum} and {maximum}, got {value}")
+
+
+def _check_boolean(parameter: _Parameter, value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be true or false, got {json_type_name(value)}")
+
+
+def _check_strings(parameter: _Parameter, value: object) -> None:
+    if not isinstance(value, str | list):
+        raise InvalidRequest(
+            f"parameters.{parameter.name}", f"must be a string or a list of strings, got {json_type_name(value)}"
+        )
+    for index, item in enumerate(value if isinstance(value, list) else ()):
+        if not isinstance(item, str):
+            raise InvalidRequest(
+                f"parameters.{parameter.name}[{index}]", f"must be a string, got {json_type_name(item)}"
+            )
+
+
+def _check_object(parameter: _Parameter, value: object) -> None:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"parameters.{parameter.name}", f"must be an object, got {json_type_name(value)}")
+
+
+# How a parameter of each declared type is checked.
+_CHECKS: dict[str, Callable[[_Parameter, object], None]] = {
+    "string": _check_string,
+    "number": _check_number,
+    "integer": _check_integer,
+    "boolean": _check_boolean,
+    "string|array": _check_strings,
+    "object": _check_object,
+}
+
+
+# --- messages and tools on the wire -----------------------------------------------------------
+
+
+def _check_part(part: ContentPart, role: str, field: str, service: str) -> None:
+    """Refuse a part the Chat Completions API cannot take here, naming it."""
+    if isinstance(part, FilePart):
+        raise InvalidRequest(
+            field, f"service {service!r} takes text and images in parts, not files: send a file's text as a text part"
+        )
+    if isinstance(part, ImagePart):
+        if part.file_id:
+            raise InvalidRequest(
+                f"{field}.image.file_id",
+                f"service {service!r} takes an image by url or data, not by a provider file id",
+            )
+        if role != "user":
+            raise InvalidRequest(field, f"only a user message carries images (this one is {quote_input(role)})")
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    """One message in the Chat Completions shape."""
+    if not (message.parts or message.tool_calls or message.tool_call_id):
+        return {"role": message.role, "content": message.content}  # text: the common case, built at once
+    content: str | list[dict[str, Any]] | None = (
+        [_wire_part(part) for part in message.parts] if message.parts else message.content
+    )
+    wire: dict[str, Any] = {"role": message.role, "content": content}
+    if message.tool_calls:
+        # An assistant turn that only called tools has no text: OpenAI wants null there.
+        wire["content"] = content or None
+        wire["tool_calls"] = [
+            {"id": call.id, "type": call.type, "function": {"name": call.function_name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _wire_part(part: ContentPart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    assert isinstance(part, ImagePart) and not part.file_id, "check_input lets no other part through"
+    url = part.url or f"data:{part.mime_type};base64,{base64.b64encode(part.data).decode('ascii')}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _wire_tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    # No parameters means a function without arguments; some servers refuse an empty schema.
+    if tool.parameters:
+        function["parameters"] = dict(tool.parameters)
+    return {"type": "function", "function": function}
+
+
+def _wire_tool_choice(choice: str) -> str | dict[str, Any]:
+    """The wire form of ``tool_choice``: a mode as it is, a tool's name as the object that forces that tool."""
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+# --- tool calls in answers --------------------------------------------------------------------
+
+
+class ToolCallAssembler:
+    """Whole tool calls from a stream's ``delta.tool_calls`` pieces; pure, fed parsed JSON.
+
+    Each call arrives as pieces keyed by ``index``: the first carries ``id``, ``type`` and
+    ``function.name``, later ones only ``index`` and a piece of ``function.arguments``.
+    Several calls may interleave, and one delta may carry pieces of several.
+    """
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _PartialCall] = {}
+
+    def add(self, deltas: object) -> None:
+        """Take one delta's ``tool_calls`` list; what is not a call piece is ignored."""
+        if not isinstance(deltas, list):
+            return
+        for delta in deltas:
+            if isinstance(delta, dict):
+                self._call_for(delta).add(delta)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The calls so far, in index order."""
+        return tuple(self._calls[index].whole(index) for index in sorted(self._calls))
+
+    def _call_for(self, delta: dict[str, Any]) -> _PartialCall:
+        index = delta.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = self._index_without_one(delta.get("id"))
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = _PartialCall()
+        return call
+
+    def _index_without_one(self, call_id: object) -> int:
+        # Some servers leave out the index: a piece with a new id starts a call, one with a known id
+        # goes on that call, and one without an id goes on the last call.
+        for index, call in self._calls.items():
+            if call_id and call.id == call_id:
+                return index
+        if call_id or not self._calls:
+            return max(self._calls, default=-1) + 1
+        return max(self._calls)
+
+
+class _PartialCall:
+    """One tool call as its pieces arrive."""
+
+    __slots__ = ("arguments", "id", "name", "type")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.type = ""
+        self.name = ""
+        self.arguments: list[str] = []
+
+    def add(self, delta: dict[str, Any]) -> None:
+        # id, type and name come once; a server that repeats them on every piece repeats the same value.
+        self.id = self.id or _text(delta.get("id"))
+        self.type = self.type or _text(delta.get("type"))
+        function = delta.get("function")
+        if isinstance(function, dict):
+            self.name = self.name or _text(function.get("name"))
+            arguments = function.get("arguments")
+            if arguments:
+                self.arguments.append(_arguments_text(arguments))
+
+    def whole(self, index: int) -> ToolCall:
+        # Without an id the caller could not answer the call; any id works for a stateless chat API,
+        # which only matches each tool message to an assistant tool call of the same history.
+        return ToolCall(
+            id=self.id or f"call_{index}",
+            type=self.type or "function",
+            function_name=self.name,
+            arguments="".join(self.arguments),
+        )
+
+
+def whole_tool_calls(calls: object) -> tuple[ToolCall, ...]:
+    """The ``message.tool_calls`` of a whole (non-streamed) answer."""
+    if not isinstance(calls, list):
+        return ()
+    assembler = ToolCallAssembler()
+    assembler.add([{**call, "index": index} for index, call in enumerate(calls) if isinstance(call, dict)])
+    return assembler.calls()
+
+
+def _arguments_text(arguments: object) -> str:
+    # Arguments are JSON text; a few servers send the object itself.
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def _with_tool_calls(
+    finish_reason: FinishReason, calls: tuple[ToolCall, ...]
+) -> tuple[FinishReason, tuple[ToolCall, ...]]:
+    """The finish reason and tool calls of a turn: calls go with TOOL_CALLS only, as the API promises.
+
+    Some servers (Ollama, older vLLM) end a turn that called tools with "stop": the calls are what
+    the caller has to act on, so it ends as TOOL_CALLS. A turn cut by "length" or a filter keeps
+    its reason, and its calls, whose arguments may be cut short, are dropped.
+    """
+    if not calls:
+        return finish_reason, ()
+    if finish_reason in (FinishReason.TOOL_CALLS, FinishReason.STOP, FinishReason.UNSPECIFIED):
+        return FinishReason.TOOL_CALLS, calls
+    return finish_reason, ()
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

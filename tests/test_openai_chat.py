@@ -218,6 +218,57 @@ async def test_unknown_option_is_rejected_naming_the_key(
     assert fake_openai.requests == [], "nothing reaches the upstream"
 
 
+# A value of each type ListServices names, and one of another type.
+_RIGHT_VALUE: dict[str, Any] = {
+    "string": "gpt-other",
+    "number": 0.5,
+    "integer": 7,
+    "boolean": True,
+    "string|array": ["END"],
+    "object": {"type": "json_object"},
+}
+_WRONG_VALUE: dict[str, Any] = {
+    "string": 4,
+    "number": "hot",
+    "integer": 2.5,
+    "boolean": "yes",
+    "string|array": 3,
+    "object": "json",
+}
+
+
+async def test_list_services_shows_the_parameters_requests_are_checked_against(
+    stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
+) -> None:
+    (info,) = (await stub.ListServices(pb.ListServicesRequest())).services
+    listed = {parameter.name: parameter.type for parameter in info.parameters}
+    assert listed == {
+        "model": "string",
+        "temperature": "number",
+        "top_p": "number",
+        "presence_penalty": "number",
+        "frequency_penalty": "number",
+        "max_tokens": "integer",
+        "seed": "integer",
+        "stop": "string|array",
+        "response_format": "object",
+        "parallel_tool_calls": "boolean",
+    }
+    for name, kind in listed.items():
+        wrong = _stream_request()
+        wrong.parameters.update({name: _WRONG_VALUE[kind]})
+        _, error = await collect(stub.StreamChat(wrong))
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert error_details(error)["BadRequest"].field_violations[0].field == f"parameters.{name}"  # type: ignore[attr-defined]
+
+        right = _stream_request()
+        right.parameters.update({name: _RIGHT_VALUE[kind]})
+        _, error = await collect(stub.StreamChat(right))
+        assert error is None, name
+        assert fake_openai.requests[-1].json[name] == _RIGHT_VALUE[kind]
+    assert len(fake_openai.requests) == len(listed), "no wrong value reached the upstream"
+
+
 async def test_model_parameter_overrides_the_default(
     stub: pb_grpc.AIPlatformServiceStub, fake_openai: FakeOpenAI
 ) -> None:
