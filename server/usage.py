@@ -69,11 +69,38 @@ def _struct_text(value: struct_pb2.Value | struct_pb2.Struct) -> Iterable[str]:
             yield from _struct_text(item)
 
 
+#: What an image costs as input, whatever its size: OpenAI's price of a 1024×1024 image at high detail.
+_TOKENS_PER_IMAGE = 765
+#: What a file given by URL or provider id costs, its size unknown to the gateway.
+_TOKENS_PER_FILE_REFERENCE = 1024
+
+
+def _message_tokens(message: Any) -> int:
+    tokens = estimate_tokens(message.content) + _TOKENS_PER_MESSAGE
+    for call in message.tool_calls:
+        tokens += estimate_tokens(call.function_name) + estimate_tokens(call.arguments)
+    for part in message.parts:
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            tokens += estimate_tokens(part.text)
+        elif kind == "image":
+            tokens += _TOKENS_PER_IMAGE
+        elif kind == "file":
+            tokens += -(-len(part.file.data) // 4) if part.file.data else _TOKENS_PER_FILE_REFERENCE
+    return tokens
+
+
 def estimate_input_tokens(request: Any) -> int:
-    """The input tokens of a chat or workflow request, estimated from its text."""
+    """The input tokens of a chat or workflow request, estimated from its text, parts and tools."""
     messages = getattr(request, "messages", None)
     if messages is not None:
-        return sum(estimate_tokens(message.content) + _TOKENS_PER_MESSAGE for message in messages)
+        tools = sum(
+            estimate_tokens(tool.name)
+            + estimate_tokens(tool.description)
+            + sum(estimate_tokens(text) for text in _struct_text(tool.parameters))
+            for tool in request.tools
+        )
+        return sum(_message_tokens(message) for message in messages) + tools
     if isinstance(request, pb.ResumeWorkflowRequest):
         return estimate_tokens(request.resume_data)
     if request.HasField("parameters"):
