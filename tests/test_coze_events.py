@@ -297,6 +297,11 @@ def test_an_event_that_does_not_parse_breaks_the_stream(sse: ServerSentEvent, fr
     assert raised.value.log_id == LOG_ID
 
 
+@pytest.mark.parametrize("data", [' {"type":"answer","content":"星期三"}', '{"type":"answer","content":"星期三"}\r\n '])
+def test_whitespace_around_an_events_json_is_allowed(data: str) -> None:
+    assert ChatTurn().read(event("conversation.message.delta", data)) == (TextDelta("星期三"),)
+
+
 def test_control_characters_and_line_separators_raw_inside_json_strings_are_text() -> None:
     raw = '{"id":"1","type":"answer","content":"第一行\u2028第二行\x1c第三行\tend"}'
     assert ChatTurn().read(event("conversation.message.delta", raw)) == (

@@ -53,6 +53,9 @@ class CozeClients:
         self.coze = cozepy.AsyncCoze(auth=self.auth, base_url=self.base_url, http_client=self.http)
         # The headers cozepy identifies itself with on every request, worked out once.
         self._identity = {"User-Agent": user_agent(), "X-Coze-Client-User-Agent": coze_client_user_agent()}
+        # URLs without parameter values (a chat in a new conversation), each parsed once:
+        # parsing one costs about as much as building the rest of the request (httpx 0.28).
+        self._urls: dict[tuple[str, tuple[str, ...]], httpx.URL] = {}
         # Strong references to fire-and-forget calls (the event loop keeps only weak
         # ones); kept here, next to the client they use, so aclose can let them finish.
         self._background: set[asyncio.Task[None]] = set()
@@ -65,7 +68,16 @@ class CozeClients:
         """A POST of ``body`` (JSON) to ``path`` of the Coze API, as cozepy sends one: its headers and auth."""
         headers = dict(self._identity)
         await self.auth.aauthentication(headers)
-        return httpx.Request("POST", f"{self.base_url}{path}", params=params, headers=headers, json=body)
+        return httpx.Request("POST", self._url(path, params), headers=headers, json=body)
+
+    def _url(self, path: str, params: dict[str, str | None] | None) -> httpx.URL:
+        if params and any(params.values()):
+            return httpx.URL(f"{self.base_url}{path}", params=params)
+        key = (path, tuple(params or ()))
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = httpx.URL(f"{self.base_url}{path}", params=params)
+        return url
 
     async def send_stream(self, request: httpx.Request) -> httpx.Response:
         """Send a stream request; the response returned is the event stream, for the caller to close.
