@@ -61,7 +61,7 @@ def configure_logging(level: int, log_format: str = "text") -> None:
     text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if log_format == "json" else text)
     logging.basicConfig(level=level, handlers=[handler])
-    # cozepy's logger is kept to ERRORs through these handlers by providers/coze.py, which uses it.
+    # cozepy's logger is kept to ERRORs through these handlers by providers/coze/__init__.py.
     # httpx logs every upstream request (with its URL) at INFO: per-call noise, kept for DEBUG.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
