@@ -181,8 +181,10 @@ class FakeUpstream(Generic[_RequestT]):
     @web.middleware
     async def _record_and_authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request[LOG_ID] = self._new_log_id()
-        raw = await request.read()
         body: Any = None
+        # A multipart body (a file upload) is left unread: its handler reads it part by part,
+        # which aiohttp allows only while the body is still unread.
+        raw = b"" if request.content_type == "multipart/form-data" else await request.read()
         if raw:
             with contextlib.suppress(ValueError):
                 body = json.loads(raw)
