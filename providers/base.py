@@ -109,6 +109,10 @@ class WorkflowInput:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     bot_id: str = ""
     app_id: str = ""
+    #: Run options beside the workflow's own inputs: a version, a channel, extra fields ("" / empty: none).
+    workflow_version: str = ""
+    connector_id: str = ""
+    ext: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

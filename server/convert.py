@@ -215,6 +215,9 @@ def workflow_input(request: pb.RunWorkflowRequest | pb.StreamWorkflowRequest, li
         parameters=_parameters(request.parameters, limits),
         bot_id=request.bot_id,
         app_id=request.app_id,
+        workflow_version=request.workflow_version,
+        connector_id=request.connector_id,
+        ext=dict(request.ext),
     )
 
 

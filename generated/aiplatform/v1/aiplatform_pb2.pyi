@@ -239,18 +239,31 @@ class Usage(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., source: _Optional[_Union[UsageSource, str]] = ...) -> None: ...
 
 class RunWorkflowRequest(_message.Message):
-    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id")
+    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id", "workflow_version", "connector_id", "ext")
+    class ExtEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    EXT_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     workflow_id: str
     parameters: _struct_pb2.Struct
     bot_id: str
     app_id: str
-    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
+    workflow_version: str
+    connector_id: str
+    ext: _containers.ScalarMap[str, str]
+    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., connector_id: _Optional[str] = ..., ext: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunWorkflowResponse(_message.Message):
     __slots__ = ("output", "execute_id", "debug_url", "usage", "interrupt")
@@ -267,18 +280,31 @@ class RunWorkflowResponse(_message.Message):
     def __init__(self, output: _Optional[str] = ..., execute_id: _Optional[str] = ..., debug_url: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., interrupt: _Optional[_Union[WorkflowInterrupt, _Mapping]] = ...) -> None: ...
 
 class StreamWorkflowRequest(_message.Message):
-    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id")
+    __slots__ = ("service_name", "workflow_id", "parameters", "bot_id", "app_id", "workflow_version", "connector_id", "ext")
+    class ExtEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    EXT_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     workflow_id: str
     parameters: _struct_pb2.Struct
     bot_id: str
     app_id: str
-    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ...) -> None: ...
+    workflow_version: str
+    connector_id: str
+    ext: _containers.ScalarMap[str, str]
+    def __init__(self, service_name: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., bot_id: _Optional[str] = ..., app_id: _Optional[str] = ..., workflow_version: _Optional[str] = ..., connector_id: _Optional[str] = ..., ext: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StreamWorkflowResponse(_message.Message):
     __slots__ = ("content", "node_title", "node_seq_id", "node_is_finish", "interrupt", "usage", "node_id", "execute_id", "debug_url")
