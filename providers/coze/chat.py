@@ -28,7 +28,7 @@ from providers.base import (
     string_map_parameter,
     string_parameter,
 )
-from providers.coze.clients import CANCEL_SECONDS, CozeClients, CozeService
+from providers.coze.clients import CANCEL_SECONDS, CozeClients, CozeService, drain
 from providers.coze.errors import LOG_ID_HEADER, PROVIDER, map_coze_errors
 from providers.coze.events import ChatTurn
 from providers.errors import InvalidRequest, UpstreamConversationBusy, quote_input
@@ -36,10 +36,6 @@ from providers.http import body_chunks
 from providers.sse import iter_sse
 
 _LOGGER = logging.getLogger(__name__)
-
-# How long to keep reading after the stream's last word for the body to end, so the
-# connection goes back to the pool; past it the connection is dropped instead.
-DRAIN_SECONDS = 1.0
 
 
 class CozeChatService(CozeService, ChatService):
@@ -150,14 +146,6 @@ async def relay_chat(response: httpx.Response, turn: ChatTurn) -> AsyncGenerator
                 await drain(sse_events)
                 return
     raise turn.cut()
-
-
-async def drain(sse_events: AsyncIterator[Any]) -> None:
-    """Read to the end of the body (done, then EOF) so the connection can be reused."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            async for _ in sse_events:
-                pass
 
 
 def _coze_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

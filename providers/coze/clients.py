@@ -8,8 +8,9 @@ calls (/v3/chat/cancel). Stream requests are built and sent here (``request``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import cozepy
@@ -22,6 +23,10 @@ from providers.http import tracked_client_options, upstream_call
 from providers.limits import DEFAULT_LIMITS
 
 _LOGGER = logging.getLogger(__name__)
+
+# How long to keep reading after a stream's last word for the body to end, so the
+# connection goes back to the pool; past it the connection is dropped instead.
+DRAIN_SECONDS = 1.0
 
 # How long the background /v3/chat/cancel of a chat the caller abandoned may take;
 # shutdown waits at most this long for cancels still in flight.
@@ -154,6 +159,14 @@ class CozeClients:
         if self._background:
             await asyncio.wait(set(self._background))
         await self.http.aclose()
+
+
+async def drain(sse_events: AsyncIterator[Any]) -> None:
+    """Read a stream's events to the end of its body (done, then EOF), so its connection can be reused."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in sse_events:
+                pass
 
 
 class _CozeHTTPClient(cozepy.AsyncHTTPClient):

@@ -17,8 +17,7 @@ from providers.base import (
     WorkflowService,
 )
 from providers.coze import events
-from providers.coze.chat import drain
-from providers.coze.clients import CozeClients, CozeService
+from providers.coze.clients import CozeClients, CozeService, drain
 from providers.coze.errors import LOG_ID_HEADER, error_answer, is_rate_limit, json_object, map_coze_errors
 from providers.coze.events import WorkflowRun
 from providers.errors import InvalidRequest
