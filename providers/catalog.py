@@ -67,7 +67,7 @@ class UnknownProvider(LookupError):
 
 def _builtin_factories() -> dict[str, ProviderFactory]:
     # Imported here so that a plugin importing ServiceConfig does not pull in every provider.
-    from providers.coze import CozeChatService, CozeClients, CozeWorkflowService
+    from providers.coze import CozeChatflowService, CozeChatService, CozeClients, CozeWorkflowService
     from providers.echo import EchoChatService, EchoWorkflowService
     from providers.openai import OpenAIChatService
 
@@ -97,6 +97,15 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
             missing_key_reason=config.missing_key_reason(),
         )
 
+    def coze_chatflow(config: ServiceConfig) -> AIService:
+        return CozeChatflowService(
+            config.name,
+            clients_for(config),
+            default_workflow_id=config.default_workflow_id,
+            description=config.description,
+            missing_key_reason=config.missing_key_reason(),
+        )
+
     def coze_workflow(config: ServiceConfig) -> AIService:
         return CozeWorkflowService(
             config.name,
@@ -121,6 +130,7 @@ def _builtin_factories() -> dict[str, ProviderFactory]:
 
     return {
         "coze": coze,
+        "coze_chatflow": coze_chatflow,
         "coze_workflow": coze_workflow,
         "openai": openai,
         "echo": lambda config: EchoChatService(config.name, config.description),

@@ -263,7 +263,7 @@ class GatewaySettings(BaseSettings):
 
 
 class CozeSettings(BaseSettings):
-    """The Coze account behind the ``coze`` and ``coze_workflow`` services (variables prefixed ``COZE_``)."""
+    """The Coze account behind the ``coze``, ``coze_chatflow`` and ``coze_workflow`` services (prefix ``COZE_``)."""
 
     model_config = SettingsConfigDict(env_prefix="COZE_", extra="ignore")
 
@@ -428,6 +428,9 @@ class Settings(BaseModel):
         }
         configs = [
             ServiceConfig("coze", "coze", default_bot_id=coze.default_bot_id, **coze_account),
+            ServiceConfig(
+                "coze_chatflow", "coze_chatflow", default_workflow_id=coze.default_workflow_id, **coze_account
+            ),
             ServiceConfig(
                 "coze_workflow", "coze_workflow", default_workflow_id=coze.default_workflow_id, **coze_account
             ),

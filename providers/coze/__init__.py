@@ -46,3 +46,6 @@ from providers.coze.errors import LOG_ID_HEADER, PROVIDER, coze_error  # noqa: E
 from providers.coze.workflows import CozeWorkflowService  # noqa: E402
 
 __all__ = ["LOG_ID_HEADER", "PROVIDER", "CozeChatService", "CozeClients", "CozeWorkflowService", "coze_error"]
+from providers.coze.chatflow import CozeChatflowService  # noqa: E402
+
+__all__ += ["CozeChatflowService"]
