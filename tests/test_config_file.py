@@ -190,6 +190,10 @@ async def test_list_services_describes_each_services_parameters(tmp_path: Path, 
         ("bot_id", "string", True),
         ("custom_variables", "object", False),
         ("meta_data", "object", False),
+        ("auto_save_history", "boolean", False),
+        ("extra_params", "object", False),
+        ("shortcut_command", "object", False),
+        ("parameters", "object", False),
     ]
     assert ("model", "string", True) in described["openai"] and ("stop", "string|array", False) in described["openai"]
     assert all(p.description for p in listed["openai"].parameters)

@@ -227,6 +227,56 @@ def test_a_continuation_stream_without_chat_created_keeps_the_ids_it_continues()
     assert (turn.conversation_id, turn.chat_id) == (CONVERSATION_ID, CHAT_ID)
 
 
+def test_a_continuation_that_begins_with_chat_created_as_coze_documents_it_reads_the_same() -> None:
+    # DOC-SUBMIT's example continuation begins with chat.created, naming the chat it continues.
+    turn = ChatTurn(conversation_id=CONVERSATION_ID, chat_id=CHAT_ID, log_id=LOG_ID)
+    events = read_chat([CREATED, IN_PROGRESS, delta("北京晴"), COMPLETED, DONE], turn)
+    assert events == [TextDelta("北京晴"), FINISHED]
+    assert (turn.conversation_id, turn.chat_id) == (CONVERSATION_ID, CHAT_ID)
+
+
+def test_a_turn_without_ids_learns_them_from_a_continuations_chat_in_progress() -> None:
+    turn = ChatTurn()
+    assert turn.read(IN_PROGRESS) == ()
+    assert (turn.conversation_id, turn.chat_id) == (CONVERSATION_ID, CHAT_ID)
+    assert not turn.ended
+
+
+def test_a_later_chat_in_progress_does_not_change_the_ids_the_turn_knows() -> None:
+    turn = ChatTurn(conversation_id="c-1", chat_id="chat-1")
+    turn.read(IN_PROGRESS)
+    assert (turn.conversation_id, turn.chat_id) == ("c-1", "chat-1")
+
+
+def test_a_continuation_that_asks_again_ends_with_the_new_calls_of_the_same_chat() -> None:
+    action = {
+        "type": "submit_tool_outputs",
+        "submit_tool_outputs": {
+            "tool_calls": [
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+                {"id": "call_3", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+            ]
+        },
+    }
+    turn = ChatTurn(conversation_id=CONVERSATION_ID, chat_id=CHAT_ID)
+    (finished,) = read_chat(
+        [IN_PROGRESS, event("conversation.chat.requires_action", chat("requires_action", required_action=action))],
+        turn,
+    )
+    assert isinstance(finished, ChatFinished)
+    assert finished.finish_reason == FinishReason.TOOL_CALLS
+    assert [call.id for call in finished.tool_calls] == ["call_2", "call_3"]
+    assert (finished.conversation_id, finished.chat_id) == (CONVERSATION_ID, CHAT_ID)
+    assert turn.ended
+
+
+def test_a_continuation_cut_after_chat_in_progress_leaves_its_chat_to_cancel() -> None:
+    turn = ChatTurn(conversation_id=CONVERSATION_ID, chat_id=CHAT_ID, log_id=LOG_ID)
+    with pytest.raises(UpstreamUnavailable):
+        read_chat([IN_PROGRESS, delta("北京")], turn)
+    assert not turn.ended and (turn.conversation_id, turn.chat_id) == (CONVERSATION_ID, CHAT_ID)
+
+
 def test_chat_created_without_both_ids_leaves_the_ids_unknown() -> None:
     turn = ChatTurn()
     turn.read(event("conversation.chat.created", {"id": CHAT_ID, "conversation_id": ""}))

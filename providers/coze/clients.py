@@ -71,9 +71,13 @@ class CozeClients:
         self, path: str, body: dict[str, Any], params: dict[str, str | None] | None = None
     ) -> httpx.Request:
         """A POST of ``body`` (JSON) to ``path`` of the Coze API, as cozepy sends one: its headers and auth."""
+        return httpx.Request("POST", self._url(path, params), headers=await self.identity_headers(), json=body)
+
+    async def identity_headers(self) -> dict[str, str]:
+        """The headers of every request to Coze, as cozepy sends them: its identity and the auth."""
         headers = dict(self._identity)
         await self.auth.aauthentication(headers)
-        return httpx.Request("POST", self._url(path, params), headers=headers, json=body)
+        return headers
 
     def _url(self, path: str, params: dict[str, str | None] | None) -> httpx.URL:
         if params and any(params.values()):

@@ -52,9 +52,10 @@ class ChatTurn:
     event is raised without ending the chat: Coze may still run it, so it must be cancelled.
     A body that ends first is ``cut()``.
 
-    The chat's ids come from ``conversation.chat.created``; a stream that does not begin
-    with it (a submit_tool_outputs continuation begins with ``conversation.chat.in_progress``)
-    is read by a turn made with the ids it continues.
+    The chat's ids come from ``conversation.chat.created``. A submit_tool_outputs
+    continuation begins with ``conversation.chat.in_progress`` (Coze's own example shows
+    chat.created first: both are read): it is read by a turn made with the ids it continues
+    (``submit.continuation_turn``), and a turn that has none takes them from chat.in_progress.
     """
 
     __slots__ = ("_answer_ids", "_follow_ups", "chat_id", "conversation_id", "ended", "log_id")
@@ -91,9 +92,12 @@ class ChatTurn:
             return ()
         if kind == "conversation.message.completed":
             return self._message_completed(self._json(sse))
-        if kind == "conversation.chat.created":
-            created = self._json(sse)
-            conversation_id, chat_id = str(created.get("conversation_id") or ""), str(created.get("id") or "")
+        if kind == "conversation.chat.created" or (kind == "conversation.chat.in_progress" and not self.chat_id):
+            # A chat's ids come with chat.created; a continuation (submit_tool_outputs) begins
+            # with chat.in_progress instead, which names the chat too: a turn made without the
+            # ids it continues learns them there, so the chat can still be cancelled.
+            started = self._json(sse)
+            conversation_id, chat_id = str(started.get("conversation_id") or ""), str(started.get("id") or "")
             if conversation_id and chat_id:
                 self.conversation_id, self.chat_id = conversation_id, chat_id
             return ()
