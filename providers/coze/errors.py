@@ -31,7 +31,8 @@ LOG_ID_HEADER = "x-tt-logid"
 _AUTH_CODES = frozenset({401, 403, 4100, 4101, 700012006})
 _NOT_FOUND_CODES = frozenset({404, 4001, 4002, 4006, 4012, 4021, 4200, 4314})
 _RATE_LIMIT_CODES = frozenset({429, 4008, 4009, 4013, 4020})
-_BAD_REQUEST_CODES = frozenset({400, 4000, 4003, 4004, 4005, 4010, 4105})
+# 4300-4304: the file of an upload is refused (DOC-ERR "上传文件…"): what the caller sent.
+_BAD_REQUEST_CODES = frozenset({400, 4000, 4003, 4004, 4005, 4010, 4105, 4300, 4301, 4302, 4303, 4304})
 _REJECTED_CODES = frozenset({4011, 4014, 4015, 4019, 4022, 4102, 4315, 6003})
 CONVERSATION_BUSY_CODE = 4016  # "a chat is already running in this conversation": clears when it ends
 NOT_CANCELLABLE_CODE = 4104  # the chat to cancel has already ended
