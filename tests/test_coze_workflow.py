@@ -71,11 +71,14 @@ async def test_stream_workflow_relays_each_node_event(stub: pb_grpc.AIPlatformSe
     events, error = await collect(stub.StreamWorkflow(_stream_request()))
 
     assert error is None
-    assert [event.node_title for event in events] == ["Message", "Message", "End"]
-    assert [event.node_seq_id for event in events] == ["0", "1", "0"]
-    assert [event.node_is_finish for event in events] == [False, True, True]
-    assert json.loads(events[-1].content) == {"output": INPUTS}
-    assert events[-1].usage.total_tokens == fake.WORKFLOW_USAGE_TOKEN_COUNT
+    *nodes, trace = events
+    assert [event.node_title for event in nodes] == ["Message", "Message", "End"]
+    assert [event.node_seq_id for event in nodes] == ["0", "1", "0"]
+    assert [event.node_is_finish for event in nodes] == [False, True, True]
+    assert json.loads(nodes[-1].content) == {"output": INPUTS}
+    assert nodes[-1].usage.total_tokens == fake.WORKFLOW_USAGE_TOKEN_COUNT
+    # Done's debug_url comes last, on a message of its own.
+    assert trace.debug_url.startswith("https://") and trace == pb.StreamWorkflowResponse(debug_url=trace.debug_url)
     (sent,) = _sent(fake_coze, "/v1/workflow/stream_run")
     assert sent.json == {"workflow_id": fake.WORKFLOW_NORMAL, "parameters": INPUTS}
 
@@ -83,7 +86,7 @@ async def test_stream_workflow_relays_each_node_event(stub: pb_grpc.AIPlatformSe
 async def test_ping_heartbeats_are_skipped(stub: pb_grpc.AIPlatformServiceStub) -> None:
     events, error = await collect(stub.StreamWorkflow(_stream_request(fake.WORKFLOW_PING)))
     assert error is None
-    assert [event.node_title for event in events] == ["Message", "Message", "End"]
+    assert [event.node_title for event in events] == ["Message", "Message", "End", ""]
 
 
 async def test_interrupt_arrives_with_event_id_and_type(stub: pb_grpc.AIPlatformServiceStub) -> None:

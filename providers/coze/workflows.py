@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
@@ -11,6 +13,7 @@ import httpx
 from providers.base import (
     ParameterSpec,
     WorkflowInput,
+    WorkflowInterrupt,
     WorkflowNodeEvent,
     WorkflowResult,
     WorkflowResume,
@@ -18,11 +21,11 @@ from providers.base import (
 )
 from providers.coze import events
 from providers.coze.clients import CozeClients, CozeService, drain
-from providers.coze.errors import LOG_ID_HEADER, error_answer, is_rate_limit, json_object, map_coze_errors
-from providers.coze.events import WorkflowRun
+from providers.coze.errors import LOG_ID_HEADER, coze_error, error_answer, is_rate_limit, json_object, map_coze_errors
+from providers.coze.events import WorkflowRun, event_json
 from providers.errors import InvalidRequest
 from providers.http import body_chunks
-from providers.sse import iter_sse
+from providers.sse import ServerSentEvent, iter_sse
 
 
 class CozeWorkflowService(CozeService, WorkflowService):
@@ -68,7 +71,7 @@ class CozeWorkflowService(CozeService, WorkflowService):
             execute_id=events.text(payload.get("execute_id")),
             debug_url=events.text(payload.get("debug_url")),
             usage=events.usage_of(payload.get("usage"), log_id),
-            interrupt=events.interrupt(payload.get("interrupt_data"), log_id),
+            interrupt=interrupt(payload.get("interrupt_data"), log_id),
         )
 
     async def stream_workflow(self, request: WorkflowInput) -> AsyncGenerator[WorkflowNodeEvent, None]:
@@ -100,13 +103,76 @@ class CozeWorkflowService(CozeService, WorkflowService):
 
 
 def _workflow_body(workflow_id: str, request: WorkflowInput) -> dict[str, Any]:
-    """The body of /v1/workflow/run and /v1/workflow/stream_run (bot_id and app_id only when set)."""
+    """The body of /v1/workflow/run and /v1/workflow/stream_run (each option only when set)."""
     body: dict[str, Any] = {"workflow_id": workflow_id, "parameters": dict(request.parameters)}
-    if request.bot_id:
-        body["bot_id"] = request.bot_id
-    if request.app_id:
-        body["app_id"] = request.app_id
+    for option in ("bot_id", "app_id", "workflow_version", "connector_id"):
+        value = getattr(request, option)
+        if value:
+            body[option] = value
+    if request.ext:
+        body["ext"] = dict(request.ext)
     return body
+
+
+class WorkflowStream(WorkflowRun):
+    """``events.WorkflowRun`` and what a stream tells beyond node output: the run's trace link, what an input needs.
+
+    - An Interrupt's ``required_parameters`` (input nodes) go with the interrupt, and so does its
+      ``debug_url`` when Coze sends one with it (coze-studio does).
+    - Done's ``debug_url`` becomes a last event of its own, with only ``debug_url`` set, after
+      the End node's event (workflow_stream_run: "Done ... debug_url"; the data may also be ``{}``).
+    - An Error's ``debug_url`` (coze-studio sends one) goes into the error's message, where the
+      caller and the log find the failed run's trace.
+
+    No stream event documents the run's execute_id, so a streamed event carries none.
+    """
+
+    __slots__ = ()
+
+    def read(self, sse: ServerSentEvent) -> WorkflowNodeEvent | None:
+        kind = sse.event
+        if kind == "Interrupt":
+            event = super().read(sse)
+            data = event_json(sse, self.log_id)
+            if event is None or event.interrupt is None:  # pragma: no cover - WorkflowRun raises instead
+                return event
+            return dataclasses.replace(
+                event,
+                interrupt=_with_required_parameters(event.interrupt, data.get("interrupt_data")),
+                debug_url=events.text(data.get("debug_url")),
+            )
+        if kind == "Error":
+            data = event_json(sse, self.log_id)
+            message = f"Coze workflow failed: {data.get('error_message', '')}"
+            debug_url = events.text(data.get("debug_url"))
+            if debug_url:
+                message += f" (trace: {debug_url})"
+            raise coze_error(data.get("error_code"), message, log_id=self.log_id)
+        if kind == "Done":
+            super().read(sse)
+            debug_url = _done_debug_url(sse.data)
+            return WorkflowNodeEvent(debug_url=debug_url) if debug_url else None
+        return super().read(sse)
+
+
+def interrupt(interrupt_data: object, log_id: str) -> WorkflowInterrupt | None:
+    """``events.interrupt`` with the interrupt's ``required_parameters`` (any JSON value), when Coze sends them."""
+    found = events.interrupt(interrupt_data, log_id)
+    return None if found is None else _with_required_parameters(found, interrupt_data)
+
+
+def _with_required_parameters(found: WorkflowInterrupt, interrupt_data: object) -> WorkflowInterrupt:
+    required = interrupt_data.get("required_parameters") if isinstance(interrupt_data, dict) else None
+    return found if required is None else dataclasses.replace(found, required_parameters=required)
+
+
+def _done_debug_url(data: str) -> str:
+    """The debug_url of a Done event's data; "" when it has none (``{}``, or data that is not an object)."""
+    try:
+        done = json.loads(data)
+    except ValueError:
+        return ""
+    return events.text(done.get("debug_url")) if isinstance(done, dict) else ""
 
 
 async def _workflow_events(
@@ -114,10 +180,10 @@ async def _workflow_events(
 ) -> AsyncGenerator[WorkflowNodeEvent, None]:
     """POST a workflow stream request (stream_run or stream_resume) and yield its events until the run ends.
 
-    ``events.WorkflowRun`` decides what each event means and when the run has ended; a
+    ``WorkflowStream`` decides what each event means and when the run has ended; a
     body that ends before that raises ``run.cut()``.
     """
-    run = WorkflowRun()
+    run = WorkflowStream()
     sent = await clients.request(path, body)
     with map_coze_errors(run):
         response = await clients.send_stream(sent)
