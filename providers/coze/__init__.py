@@ -1,9 +1,11 @@
 """Coze providers: bot chat (chat v3) and workflows, over one shared, pooled HTTP client per token.
 
 One module per concern: ``clients`` (the shared clients, the conversation turns and the
-cancel of an abandoned chat), ``chat`` (the bot chat service), ``workflows`` (the workflow
-service), ``events`` (what Coze's stream events mean, as the gateway's provider events) and
-``errors`` (Coze's codes and failures as the gateway's typed errors).
+cancel of an abandoned chat), ``chat`` (the bot chat service and its options), ``submit``
+(answering a bot's tool calls: submit_tool_outputs and its continuation), ``parts`` (images and
+files as object_string content, bytes uploaded first), ``workflows`` (the workflow service),
+``events`` (what Coze's stream events mean, as the gateway's provider events) and ``errors``
+(Coze's codes and failures as the gateway's typed errors).
 
 cozepy's ``AsyncCoze`` sends the chat request (body, auth, JSON error answers), but
 every stream body, chat and workflow, is read with our own SSE reader on the same
