@@ -217,7 +217,7 @@ async def test_services_lists_every_service_with_its_readiness(target: str, caps
     header, *rows = [line.split() for line in out.splitlines()]
     assert header[:4] == ["NAME", "TYPE", "PROVIDER", "READY"]
     table = {row[0]: row[1:] for row in rows}
-    assert list(table) == ["coze", "coze_workflow", "echo", "echo_workflow", "openai"]
+    assert list(table) == ["coze", "coze_chatflow", "coze_workflow", "echo", "echo_workflow", "openai"]
     assert table["echo"] == ["chat", "echo", "yes", "delay_ms"]
     assert table["openai"][:3] == ["chat", "openai", "no"]
     assert table["coze"][3] == "bot_id*,"  # required parameters are starred

@@ -103,13 +103,20 @@ async def _first(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 async def test_list_services_returns_every_service(client: Any) -> None:
     services = await client.list_services()
-    assert [service.name for service in services] == ["coze", "coze_workflow", "echo", "echo_workflow", "openai"]
+    assert [service.name for service in services] == [
+        "coze",
+        "coze_chatflow",
+        "coze_workflow",
+        "echo",
+        "echo_workflow",
+        "openai",
+    ]
     assert all(isinstance(service, pb.ServiceInfo) for service in services)
 
 
 @pytest.mark.parametrize(
     ("service_type", "expected"),
-    [("chat", ["coze", "echo", "openai"]), ("workflow", ["coze_workflow", "echo_workflow"])],
+    [("chat", ["coze", "coze_chatflow", "echo", "openai"]), ("workflow", ["coze_workflow", "echo_workflow"])],
 )
 async def test_list_services_filters_by_type(client: Any, service_type: str, expected: list[str]) -> None:
     services = await client.list_services(service_type)
@@ -278,8 +285,9 @@ async def test_resume_workflow_answers_the_interrupt_of_stream_workflow_and_retu
 
     events = [data for data, _, _ in seen]
     assert all(isinstance(event, pb.ResumeWorkflowResponse) for event in events)
-    assert events[-1].node_title == "End"
-    assert RESUME_DATA in json.loads(events[-1].content)["output"]
+    # The End node's event, then Done's debug_url on a message of its own.
+    assert events[-2].node_title == "End" and events[-1].debug_url
+    assert RESUME_DATA in json.loads(events[-2].content)["output"]
     assert not any(event.HasField("interrupt") for event in events)
     assert all(chunk == data.content for data, chunk, _ in seen)
     assert [full for _, _, full in seen] == list(itertools.accumulate(chunk for _, chunk, _ in seen))
@@ -301,7 +309,7 @@ async def test_iter_resume_workflow_yields_every_event(client: Any) -> None:
     )
 
     assert all(isinstance(event, pb.ResumeWorkflowResponse) for event in events)
-    assert [(event.node_title, event.node_is_finish) for event in events] == [("End", True)]
+    assert [(event.node_title, event.node_is_finish) for event in events] == [("End", True), ("", False)]
     assert RESUME_DATA in json.loads(events[0].content)["output"]
     assert events[0].usage.total_tokens == fake.WORKFLOW_USAGE_TOKEN_COUNT
 

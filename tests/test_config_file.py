@@ -130,7 +130,10 @@ def test_each_service_limit_is_an_aip_setting_and_a_config_file_key_of_the_same_
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[services.x]\nprovider = "nope"\n', "service 'x': unknown provider 'nope' (available: coze, coze_workflow, "),
+        (
+            '[services.x]\nprovider = "nope"\n',
+            "service 'x': unknown provider 'nope' (available: coze, coze_chatflow, coze_workflow, ",
+        ),
         ('[services.x]\nprovider = "coze"\napi_key = "pat_secret"\n', "services.x: 'api_key' looks like a secret"),
         ('[services.x]\nprovider = "coze"\nbase_url = "api.coze.cn"\n', "services.x.base_url: must be an http(s) URL"),
         (

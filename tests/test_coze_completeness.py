@@ -79,7 +79,7 @@ async def test_interrupt_answered_through_resume_workflow_runs_to_the_end(
 
     assert error is None
     assert all(isinstance(event, pb.ResumeWorkflowResponse) for event in resumed)
-    end = resumed[-1]
+    end = resumed[-2]  # the last message is Done's debug_url
     assert (end.node_title, end.node_is_finish) == ("End", True)
     assert "上海" in json.loads(end.content)["output"]
     assert end.usage.total_tokens == fake.WORKFLOW_USAGE_TOKEN_COUNT

@@ -84,7 +84,7 @@ async def test_list_services_shows_every_service_with_readiness(stub: pb_grpc.AI
     services = {service.name: service for service in response.services}
 
     assert list(services) == sorted(services)
-    assert set(services) == {"coze", "coze_workflow", "echo", "echo_workflow", "openai"}
+    assert set(services) == {"coze", "coze_chatflow", "coze_workflow", "echo", "echo_workflow", "openai"}
     assert (services["echo"].type, services["echo"].provider, services["echo"].ready) == ("chat", "echo", True)
     assert services["echo_workflow"].type == "workflow"
     assert services["coze"].ready and services["coze"].streaming
@@ -93,7 +93,11 @@ async def test_list_services_shows_every_service_with_readiness(stub: pb_grpc.AI
 
 @pytest.mark.parametrize(
     ("service_type", "expected"),
-    [("chat", {"coze", "echo", "openai"}), ("workflow", {"coze_workflow", "echo_workflow"}), ("image", set())],
+    [
+        ("chat", {"coze", "coze_chatflow", "echo", "openai"}),
+        ("workflow", {"coze_workflow", "echo_workflow"}),
+        ("image", set()),
+    ],
 )
 async def test_list_services_filters_by_type(
     stub: pb_grpc.AIPlatformServiceStub, service_type: str, expected: set[str]

@@ -289,7 +289,7 @@ async def test_api_key_goes_with_unary_and_streaming_calls_and_shows_nowhere(
         node, _KEYS_SCRIPT, keyed_gateway.target, ALPHA_KEY, WRONG_KEY, env=gateway_env(AIP_API_KEY=ALPHA_KEY)
     )
 
-    assert result["services"]["ok"] == ["coze", "coze_workflow", "echo", "echo_workflow", "openai"]
+    assert result["services"]["ok"] == ["coze", "coze_chatflow", "coze_workflow", "echo", "echo_workflow", "openai"]
     assert result["chat"] == {"ok": "a b c"}
     assert result["stream"] == {"ok": ["a", " b", " c", ""]}
     assert result["fromEnvironment"] == {"ok": ["a", " b", " c", ""]}
