@@ -175,6 +175,8 @@ class ChatFinished:
     chat_id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     follow_ups: tuple[str, ...] = ()
+    #: The turn ended at a question the upstream waits to have answered in the next turn.
+    awaiting_reply: bool = False
 
 
 ChatEvent = TextDelta | ReasoningDelta | ChatFinished
@@ -192,6 +194,8 @@ class ChatResult:
     chat_id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     follow_ups: tuple[str, ...] = ()
+    #: The turn ended at a question the upstream waits to have answered in the next turn.
+    awaiting_reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +324,7 @@ class ChatService(AIService):
             chat_id=finished.chat_id,
             tool_calls=finished.tool_calls,
             follow_ups=finished.follow_ups,
+            awaiting_reply=finished.awaiting_reply,
         )
 
 

@@ -356,6 +356,7 @@ def chat_response(result: ChatResult) -> pb.ChatResponse:
         chat_id=result.chat_id,
         tool_calls=tool_call_messages(result.tool_calls),
         follow_ups=result.follow_ups,
+        awaiting_reply=result.awaiting_reply,
     )
 
 
@@ -373,6 +374,7 @@ def stream_chat_response(event: TextDelta | ReasoningDelta | ChatFinished) -> pb
         chat_id=event.chat_id,
         tool_calls=tool_call_messages(event.tool_calls),
         follow_ups=event.follow_ups,
+        awaiting_reply=event.awaiting_reply,
     )
 
 

@@ -59,7 +59,7 @@ async def test_chatflow_holds_a_conversation_across_two_turns(
     assert error is None
     assert _answer(first) == fake.chatflow_answer(1, "第一问")
     final = first[-1]
-    assert final.finish_reason == pb.FINISH_REASON_STOP
+    assert final.finish_reason == pb.FINISH_REASON_STOP and not final.awaiting_reply
     assert final.usage.total_tokens == fake.CHAT_USAGE_TOKEN_COUNT
     assert final.conversation_id and final.chat_id
 
@@ -100,7 +100,7 @@ async def test_question_node_ends_the_turn_with_the_question_and_the_next_turn_a
     assert error is None
     assert _answer(asked) == fake.INTERRUPT_QUESTION
     waiting = asked[-1]
-    assert waiting.finish_reason == pb.FINISH_REASON_STOP
+    assert waiting.finish_reason == pb.FINISH_REASON_STOP and waiting.awaiting_reply
     assert not waiting.tool_calls
     assert waiting.conversation_id and waiting.chat_id
 
@@ -109,7 +109,7 @@ async def test_question_node_ends_the_turn_with_the_question_and_the_next_turn_a
     )
     assert error is None
     assert _answer(replied) == fake.weather_for("上海")
-    assert replied[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert replied[-1].finish_reason == pb.FINISH_REASON_STOP and not replied[-1].awaiting_reply
     # Nothing was left running: a turn that waits for a reply is not cancelled.
     assert not [request for request in fake_coze.requests if request.path == "/v3/chat/cancel"]
 
@@ -247,7 +247,7 @@ def test_verbose_interrupt_ends_the_turn_waiting_for_a_reply() -> None:
     assert turn.ended and turn.awaits_reply
     assert read == [
         TextDelta("哪个城市？"),
-        ChatFinished(finish_reason=FinishReason.STOP, conversation_id="conv-1", chat_id="chat-1"),
+        ChatFinished(finish_reason=FinishReason.STOP, conversation_id="conv-1", chat_id="chat-1", awaiting_reply=True),
     ]
 
 
@@ -255,7 +255,9 @@ def test_requires_action_without_tool_calls_ends_the_turn_waiting_for_a_reply() 
     waiting = {"id": "chat-1", "conversation_id": "conv-1", "status": "requires_action", "execute_id": "e-1"}
     turn, read = _read([_CREATED, _DELTA, _event("conversation.chat.requires_action", waiting)])
     assert turn.awaits_reply
-    assert read[-1] == ChatFinished(finish_reason=FinishReason.STOP, conversation_id="conv-1", chat_id="chat-1")
+    assert read[-1] == ChatFinished(
+        finish_reason=FinishReason.STOP, conversation_id="conv-1", chat_id="chat-1", awaiting_reply=True
+    )
 
 
 def test_other_verbose_messages_do_not_end_the_turn() -> None:

@@ -76,6 +76,7 @@ class ChatflowTurn(ChatTurn):
             usage=usage_of(data.get("usage"), self.log_id) if "status" in data else None,
             conversation_id=self.conversation_id or str(data.get("conversation_id") or ""),
             chat_id=self.chat_id or str(data.get("chat_id") or data.get("id") or ""),
+            awaiting_reply=True,
         )
 
 

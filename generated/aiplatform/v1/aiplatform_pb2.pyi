@@ -155,7 +155,7 @@ class ChatRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., chat_id: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id", "tool_calls", "follow_ups")
+    __slots__ = ("content", "reasoning", "conversation_id", "usage", "finish_reason", "chat_id", "tool_calls", "follow_ups", "awaiting_reply")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class ChatResponse(_message.Message):
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_UPS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_REPLY_FIELD_NUMBER: _ClassVar[int]
     content: str
     reasoning: str
     conversation_id: str
@@ -172,7 +173,8 @@ class ChatResponse(_message.Message):
     chat_id: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
     follow_ups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ...) -> None: ...
+    awaiting_reply: bool
+    def __init__(self, content: _Optional[str] = ..., reasoning: _Optional[str] = ..., conversation_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ..., awaiting_reply: _Optional[bool] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
     __slots__ = ("service_name", "messages", "parameters", "user_id", "conversation_id", "tools", "tool_choice", "chat_id")
@@ -195,7 +197,7 @@ class StreamChatRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., chat_id: _Optional[str] = ...) -> None: ...
 
 class StreamChatResponse(_message.Message):
-    __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id", "tool_calls", "follow_ups")
+    __slots__ = ("delta", "reasoning_delta", "usage", "conversation_id", "finish_reason", "chat_id", "tool_calls", "follow_ups", "awaiting_reply")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     REASONING_DELTA_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,7 @@ class StreamChatResponse(_message.Message):
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_UPS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_REPLY_FIELD_NUMBER: _ClassVar[int]
     delta: str
     reasoning_delta: str
     usage: Usage
@@ -212,7 +215,8 @@ class StreamChatResponse(_message.Message):
     chat_id: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
     follow_ups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ...) -> None: ...
+    awaiting_reply: bool
+    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., conversation_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., chat_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., follow_ups: _Optional[_Iterable[str]] = ..., awaiting_reply: _Optional[bool] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("id", "type", "function_name", "arguments")
