@@ -90,6 +90,15 @@ EXPECTED: dict[str, Expected] = {
         upstream=("openai", "/v1/chat/completions"),
         forwarded={"parameters.model": "model", "parameters.temperature": "temperature"},
     ),
+    "aiplatform.v1.AIPlatformService/StreamChat coze_chatflow": Expected(
+        output=('"delta": ', '"finish_reason": "FINISH_REASON_STOP"', '"conversation_id": '),
+        upstream=("coze", "/v1/workflows/chat"),
+        forwarded={
+            "parameters.workflow_id": "workflow_id",
+            "parameters.app_id": "app_id",
+            "parameters.parameters.city": "parameters.city",
+        },
+    ),
     "grpc.health.v1.Health/Check": Expected(output=('"status": "SERVING"',)),
     "list": Expected(output=("aiplatform.v1.AIPlatformService", "grpc.health.v1.Health")),
 }
