@@ -143,6 +143,7 @@ async def test_settings_are_read_from_a_dot_env_file(tmp_path: Path) -> None:
         await started.close_channel()
         assert {service.name: service.ready for service in listed.services} == {
             "coze": True,
+            "coze_chatflow": True,
             "coze_workflow": True,
             "openai": False,
         }
