@@ -258,6 +258,8 @@ class AIService(ABC):
     provider: ClassVar[str]
     #: True when the service yields output as the upstream produces it.
     streaming: ClassVar[bool] = True
+    #: The request fields beside ``parameters`` the service reads (ListServices shows them).
+    request_fields: ClassVar[tuple[ParameterSpec, ...]] = ()
 
     def __init__(self, name: str, description: str, parameters: tuple[ParameterSpec, ...] = ()) -> None:
         self.name = name

@@ -15,7 +15,7 @@ import grpc
 
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
-from providers.base import AIService
+from providers.base import AIService, ParameterSpec
 from providers.registry import ServiceRegistry
 from server import convert
 from server.callers import current_caller
@@ -106,8 +106,10 @@ def _service_info(service: AIService) -> pb.ServiceInfo:
         ready=not reason,
         streaming=service.streaming,
         not_ready_reason=reason,
-        parameters=[
-            pb.ParameterInfo(name=spec.name, type=spec.type, description=spec.description, required=spec.required)
-            for spec in service.parameters
-        ],
+        parameters=[_parameter_info(spec) for spec in service.parameters],
+        request_fields=[_parameter_info(spec) for spec in service.request_fields],
     )
+
+
+def _parameter_info(spec: ParameterSpec) -> pb.ParameterInfo:
+    return pb.ParameterInfo(name=spec.name, type=spec.type, description=spec.description, required=spec.required)

@@ -228,3 +228,21 @@ def test_interrupt_keeps_any_json_value_of_required_parameters() -> None:
 def test_error_without_debug_url_keeps_its_message() -> None:
     with pytest.raises(UpstreamUnavailable, match=r"^Coze workflow failed: node failed \(provider"):
         _read(("Error", {"error_code": 5000, "error_message": "node failed"}))
+
+
+async def test_list_services_shows_the_workflow_request_fields_with_their_types(
+    stub: pb_grpc.AIPlatformServiceStub,
+) -> None:
+    listed = await stub.ListServices(pb.ListServicesRequest(service_type="workflow"))
+    by_name = {service.name: service for service in listed.services}
+    fields = {field.name: field.type for field in by_name["coze_workflow"].request_fields}
+    assert fields == {
+        "workflow_id": "string",
+        "bot_id": "string",
+        "app_id": "string",
+        "workflow_version": "string",
+        "connector_id": "string",
+        "ext": "object of strings",
+    }
+    # A service that reads none of them lists none.
+    assert not by_name["echo_workflow"].request_fields

@@ -32,6 +32,16 @@ class CozeWorkflowService(CozeService, WorkflowService):
     """Coze workflows: run (whole output) and stream_run (events as they happen)."""
 
     provider: ClassVar[str] = "coze_workflow"
+    request_fields: ClassVar[tuple[ParameterSpec, ...]] = (
+        ParameterSpec("workflow_id", "string", "the workflow to run (default COZE_DEFAULT_WORKFLOW_ID)"),
+        ParameterSpec("bot_id", "string", "the bot the workflow runs on behalf of, for workflows that need one"),
+        ParameterSpec("app_id", "string", "the app the workflow belongs to, for app workflows"),
+        ParameterSpec("workflow_version", "string", "the published version to run; empty: the latest"),
+        ParameterSpec("connector_id", "string", "the channel the run is counted under (1024: API)"),
+        ParameterSpec(
+            "ext", "object of strings", "extra fields for the workflow's plugins (latitude, longitude, user_id)"
+        ),
+    )
 
     def __init__(
         self,

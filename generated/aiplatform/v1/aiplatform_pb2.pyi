@@ -43,7 +43,7 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "type", "provider", "description", "ready", "streaming", "not_ready_reason", "parameters")
+    __slots__ = ("name", "type", "provider", "description", "ready", "streaming", "not_ready_reason", "parameters", "request_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ServiceInfo(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     NOT_READY_REASON_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     provider: str
@@ -60,7 +61,8 @@ class ServiceInfo(_message.Message):
     streaming: bool
     not_ready_reason: str
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., description: _Optional[str] = ..., ready: _Optional[bool] = ..., streaming: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
+    request_fields: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., provider: _Optional[str] = ..., description: _Optional[str] = ..., ready: _Optional[bool] = ..., streaming: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., request_fields: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "type", "description", "required")
