@@ -9,8 +9,11 @@ import grpc
 import pytest
 
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
+from providers.openai import OpenAIChatService
 from server.settings import Settings
+from tests.fakes import openai as openai_fake
 from tests.fakes.coze import FakeCoze
+from tests.fakes.openai import FakeOpenAI
 from tests.harness import GatewayUnderTest, gateway_for, make_settings
 from tests.redis_server import RedisServer, running_redis
 
@@ -32,6 +35,23 @@ async def fake_coze() -> AsyncIterator[FakeCoze]:
     """A fake Coze Open API on 127.0.0.1."""
     async with FakeCoze() as fake:
         yield fake
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible API on 127.0.0.1."""
+    async with FakeOpenAI() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def openai_gateway(fake_openai: FakeOpenAI) -> AsyncIterator[GatewayUnderTest]:
+    """A gateway whose only service, ``openai``, talks to the fake (default model MODEL_NORMAL)."""
+    service = OpenAIChatService(
+        "openai", base_url=fake_openai.base_url, api_key=fake_openai.api_key, default_model=openai_fake.MODEL_NORMAL
+    )
+    async with gateway_for(services=[service]) as started:
+        yield started
 
 
 @pytest.fixture

@@ -39,13 +39,6 @@ HI = [pb.ChatMessage(role="user", content="hi")]
 COMPLETIONS_PATH = "/v1/chat/completions"
 
 
-@pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    """A fake OpenAI-compatible API on 127.0.0.1."""
-    async with FakeOpenAI() as upstream:
-        yield upstream
-
-
 def _service(upstream: FakeOpenAI, **options: Any) -> OpenAIChatService:
     options.setdefault("api_key", upstream.api_key)
     options.setdefault("default_model", fake.MODEL_NORMAL)

@@ -8,7 +8,6 @@ INVALID_ARGUMENT naming the part, before the upstream sees anything.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -24,7 +23,7 @@ from tests.conftest import error_details
 from tests.fakes import openai as fake
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import answer, collect
-from tests.harness import gateway_for
+from tests.harness import GatewayUnderTest
 
 IMAGE_URL = "https://example.com/cat.png"
 # A 1x1 transparent PNG.
@@ -35,18 +34,8 @@ QUESTION = pb.ContentPart(text="What is in this picture?")
 
 
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def gateway(fake_openai: FakeOpenAI) -> AsyncIterator[Any]:
-    service = OpenAIChatService(
-        "openai", base_url=fake_openai.base_url, api_key=fake_openai.api_key, default_model=fake.MODEL_NORMAL
-    )
-    async with gateway_for(services=[service]) as started:
-        yield started
+def gateway(openai_gateway: GatewayUnderTest) -> GatewayUnderTest:
+    return openai_gateway
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from tests.fakes import openai as fake
 from tests.fakes._server import http_server
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstreams import answer, collect
-from tests.harness import gateway_for
+from tests.harness import GatewayUnderTest
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -54,18 +53,8 @@ TOOLS = [
 
 
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def gateway(fake_openai: FakeOpenAI) -> AsyncIterator[Any]:
-    service = OpenAIChatService(
-        "openai", base_url=fake_openai.base_url, api_key=fake_openai.api_key, default_model=fake.MODEL_NORMAL
-    )
-    async with gateway_for(services=[service]) as started:
-        yield started
+def gateway(openai_gateway: GatewayUnderTest) -> GatewayUnderTest:
+    return openai_gateway
 
 
 @pytest.fixture
