@@ -302,8 +302,10 @@ class _CallsInFlight:
         name = getattr(request, "service_name", None)
         if caller is None or self._admission is None or name is None:
             return None
+        # A reservation id of the gateway's own: the request id is the caller's to choose, and two
+        # calls under one id would hold one concurrency lease in Redis.
         return await self._admission.admit(
-            caller, name, call.service, call.request_id, request, call.usage.estimated_input
+            caller, name, call.service, uuid.uuid4().hex, request, call.usage.estimated_input
         )
 
     def finish(self, call: CallRecord, reservation: Reservation | None = None) -> None:

@@ -28,6 +28,7 @@ from tests.conftest import error_details
 from tests.fakes import openai
 from tests.fakes.upstreams import Upstream, collect, open_upstream
 from tests.harness import gateway_for, make_settings
+from tests.redis_server import RedisServer
 
 ALPHA_KEY = "aip_alpha-key-for-the-tests-0123456789abcdef"
 BETA_KEY = "aip_beta-key-for-the-tests-0123456789abcdef"
@@ -222,6 +223,25 @@ async def test_max_concurrent_calls_refuses_a_call_while_the_key_has_its_calls_i
         assert await held.code() == grpc.StatusCode.OK and rest[-1].finish_reason == pb.FINISH_REASON_STOP
         # The held call ended: its slot is free again.
         assert (await gateway.stub.Chat(chat(), metadata=bearer(ALPHA_KEY))).content == upstream.fake.answer
+    assert_refused(error, "CALLER_OVERLOADED", "max_concurrent_calls", retry=True)
+
+
+async def test_calls_sharing_a_request_id_still_count_as_two_concurrent_calls(
+    upstream: Upstream, redis_server: RedisServer
+) -> None:
+    upstream.fake.slow_interval = 0.3
+    keys = {"alpha": entry(ALPHA_KEY, ["*"], max_concurrent_calls=2)}
+    limits = ServiceLimits(reserved_output_tokens=RESERVED_OUTPUT)
+    settings = make_settings(None, caller_keys=keys, redis_url=redis_server.url)
+    async with gateway_for(settings, services=[(upstream.service(), limits)]) as gateway:
+        same_id = (*bearer(ALPHA_KEY), ("x-request-id", "reused-id"))
+        held = [gateway.stub.StreamChat(stream(model=openai.MODEL_SLOW), metadata=same_id) for _ in range(2)]
+        for call in held:
+            assert (await call.read()).delta
+        # Two calls are in flight under one request id: a third is one too many.
+        error = await refusal(gateway.stub.Chat(chat(), metadata=same_id))
+        for call in held:
+            call.cancel()
     assert_refused(error, "CALLER_OVERLOADED", "max_concurrent_calls", retry=True)
 
 
