@@ -3,12 +3,15 @@
 A user message with parts becomes Coze's object_string content: one text item, and an image or
 file item by file_url (a URL part), file_id (a Coze file id part, or the id of the upload of a
 part sent as bytes: /v1/files/upload first, with its name and MIME type). Parts outside a user
-message are refused with INVALID_ARGUMENT naming them, before Coze sees anything.
+message are refused with INVALID_ARGUMENT naming them, before Coze sees anything. A caller who
+cancels, or whose deadline passes, while an upload is in flight stops the upload (its connection
+is closed) and no chat is ever sent, and the gateway is left as it was.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import grpc
@@ -20,8 +23,8 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from tests.conftest import error_details
 from tests.fakes import coze as fake
 from tests.fakes.coze import FakeCoze
-from tests.fakes.upstreams import answer, collect
-from tests.harness import gateway_for
+from tests.fakes.upstreams import answer, collect, until
+from tests.harness import GatewayUnderTest, gateway_for
 
 UPLOAD_PATH = "/v1/files/upload"
 IMAGE_URL = "https://example.com/cat.png"
@@ -34,21 +37,30 @@ PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 QUESTION = "这是什么？"
 PNG_PART = pb.ContentPart(image=pb.ImagePart(data=PNG, mime_type="image/png"))
 RPCS = ["StreamChat", "Chat"]
+CANCEL_LATENCY = 1.0  # seconds from the caller's cancel (or deadline) to the upload's connection closed
 
 
-async def _chat(stub: pb_grpc.AIPlatformServiceStub, rpc: str, messages: list[pb.ChatMessage]) -> Any:
-    """The call's error (None when it ended OK)."""
+def _start(
+    stub: pb_grpc.AIPlatformServiceStub, rpc: str, messages: list[pb.ChatMessage], timeout: float | None = None
+) -> Any:
+    """The call to the normal bot, started."""
     parameters = struct_pb2.Struct()
     parameters.update({"bot_id": fake.BOT_NORMAL})
     if rpc == "StreamChat":
-        responses, error = await collect(
-            stub.StreamChat(pb.StreamChatRequest(service_name="coze", parameters=parameters, messages=messages))
-        )
+        request = pb.StreamChatRequest(service_name="coze", parameters=parameters, messages=messages)
+        return stub.StreamChat(request, timeout=timeout)
+    return stub.Chat(pb.ChatRequest(service_name="coze", parameters=parameters, messages=messages), timeout=timeout)
+
+
+async def _chat(
+    stub: pb_grpc.AIPlatformServiceStub, rpc: str, messages: list[pb.ChatMessage], timeout: float | None = None
+) -> Any:
+    """The call's error (None when it ended OK)."""
+    if rpc == "StreamChat":
+        responses, error = await collect(_start(stub, rpc, messages, timeout))
         assert error is not None or "".join(response.delta for response in responses) == fake.DEFAULT_ANSWER
         return error
-    response, error = await answer(
-        stub.Chat(pb.ChatRequest(service_name="coze", parameters=parameters, messages=messages))
-    )
+    response, error = await answer(_start(stub, rpc, messages, timeout))
     assert error is not None or (response is not None and response.content == fake.DEFAULT_ANSWER)
     return error
 
@@ -196,3 +208,57 @@ async def test_a_part_over_the_gateways_limit_is_refused_before_any_upload(fake_
         error = await _chat(gateway.stub, "StreamChat", _asking(PNG_PART))
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fake_coze.requests == []
+
+
+# --- a caller who leaves while an upload is in flight --------------------------------------------
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_a_cancel_during_an_upload_closes_it_and_no_chat_is_sent(
+    gateway: GatewayUnderTest, fake_coze: FakeCoze, rpc: str
+) -> None:
+    fake_coze.stall_uploads = True
+    call = _start(gateway.stub, rpc, _asking(PNG_PART))
+    await fake_coze.wait_for_requests(UPLOAD_PATH)
+    await until(lambda: fake_coze.open_streams == 1)  # the file arrived; the gateway waits for its id
+
+    cancelled_at = time.monotonic()
+    call.cancel()
+    disconnect = await fake_coze.wait_for_disconnect()
+
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    assert (disconnect.path, disconnect.scenario) == (UPLOAD_PATH, "image.png")
+    assert disconnect.time - cancelled_at < CANCEL_LATENCY
+    await _assert_left_clean(gateway, fake_coze, rpc)
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_a_deadline_passing_during_an_upload_closes_it_and_no_chat_is_sent(
+    gateway: GatewayUnderTest, fake_coze: FakeCoze, rpc: str
+) -> None:
+    fake_coze.stall_uploads = True
+    deadline = 0.5
+    started = time.monotonic()
+    error = await _chat(gateway.stub, rpc, _asking(PNG_PART), timeout=deadline)
+    disconnect = await fake_coze.wait_for_disconnect()
+
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (disconnect.path, disconnect.scenario) == (UPLOAD_PATH, "image.png")
+    assert disconnect.time - started < deadline + CANCEL_LATENCY
+    await _assert_left_clean(gateway, fake_coze, rpc)
+
+
+async def _assert_left_clean(gateway: GatewayUnderTest, fake_coze: FakeCoze, rpc: str) -> None:
+    """After a call left during its upload: the call ended, Coze saw the upload only, and the next call works."""
+    guard = gateway.registry.guard(gateway.registry.chat_service("coze"))
+    await until(lambda: guard.running == 0 and fake_coze.open_streams == 0)
+    assert [request.path for request in fake_coze.requests] == [UPLOAD_PATH], "no chat, and so no cancel"
+    assert (fake_coze.created_chats, fake_coze.uploaded_files) == ([], {})
+
+    fake_coze.stall_uploads = False
+    assert await _chat(gateway.stub, rpc, _asking(PNG_PART)) is None
+    # Had the abandoned call gone on to its chat, it would show up by now, before or beside this one.
+    (uploaded,) = fake_coze.uploaded_files.values()
+    assert [request.path for request in fake_coze.requests] == [UPLOAD_PATH, UPLOAD_PATH, "/v3/chat"]
+    assert _sent_items(fake_coze)[1] == {"type": "image", "file_id": uploaded.id}
+    await until(lambda: guard.running == 0)

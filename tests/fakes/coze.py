@@ -11,7 +11,9 @@ and STUDIO differ, the fake offers both shapes.
 
 Behaviour is chosen per request by the chat `bot_id`, the workflow or chatflow `workflow_id` (the `BOT_*` /
 `WORKFLOW_*` / `CHATFLOW_*` constants below); any other id behaves normally. A submit_tool_outputs
-continuation behaves as the `bot_id` of the chat it continues.
+continuation behaves as the `bot_id` of the chat it continues. An upload carries no such id: while
+`FakeCoze.stall_uploads` is True each upload is read whole and then never answered (nor stored) until the
+client goes away, which `disconnects` records (path /v1/files/upload, scenario the file's name).
 
 Endpoints: /v3/chat (+ retrieve, message/list, cancel, submit_tool_outputs), /v1/files/upload,
 /v1/workflows/chat (chatflows), /v1/workflow/run, stream_run and stream_resume.
@@ -618,6 +620,7 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         self.cancelled_chats: list[str] = []  # ids of the chats a cancel stopped, in order
         self.done_after_interrupt = True  # False: an interrupted workflow stream ends right after Interrupt
         self.max_upload_bytes = UPLOAD_MAX_BYTES  # a larger upload is refused with 4302
+        self.stall_uploads = False  # True: an upload is read whole, then never answered (see the module docstring)
         # Random start so ids differ between fakes; still 19 digits like Coze's snowflake ids.
         self._ids = itertools.count(7_400_000_000_000_000_000 + secrets.randbelow(10**16))
         self._log_ids = itertools.count(1)
@@ -1116,6 +1119,10 @@ class FakeCoze(FakeUpstream[RecordedRequest]):
         if not files or not files[0].data:
             return _error(_UPLOAD_EMPTY)
         uploaded = files[0]
+        if self.stall_uploads:
+            # The body arrived and the client waits for the file id; only a client that leaves ends this.
+            async with self._watching(request, uploaded.file_name):
+                await stall()
         self.uploaded_files[uploaded.id] = uploaded
         return _ok(
             {
