@@ -18,7 +18,10 @@ a garbage-collection cycle happens to find it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.cookiejar
+import os
+import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -202,6 +205,7 @@ def tracked_client_options(
         # aiohttp): the service's max_concurrent_calls (providers/guard.py) is the limit,
         # and a cap below it would make calls queue silently for a connection.
         "transport": _Transport(
+            verify=upstream_ssl_context(),
             limits=httpx.Limits(max_connections=0, max_keepalive_connections=100),
             proxy=httpx.Proxy(proxy) if proxy else None,
         ),
@@ -210,8 +214,23 @@ def tracked_client_options(
     }
 
 
+def upstream_ssl_context() -> ssl.SSLContext:
+    """The trust store every upstream connection verifies against: certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``.
+
+    Built once per process and shared by every client: building one reads the whole CA bundle,
+    ~20 ms of CPU, and built on a service's first call it stalled every call in flight
+    (benchmarks/RESULTS.md run N). Keyed by those two variables, so a changed setting is honoured.
+    """
+    return _ssl_context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _ssl_context_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
 def upstream_session(
-    *, base_url: str, connect_timeout_seconds: float, read_timeout_seconds: float
+    *, base_url: str, connect_timeout_seconds: float, read_timeout_seconds: float, ssl_context: ssl.SSLContext
 ) -> aiohttp.ClientSession:
     """A pooled aiohttp session for one provider's upstream; create it inside the event loop that uses it.
 
@@ -224,9 +243,9 @@ def upstream_session(
         proxy=_environment_proxy(base_url),
         # No pool cap of its own (0 = none): the service's max_concurrent_calls
         # (providers/guard.py) is the limit, and a lower cap would queue calls silently.
-        # The trust store of the httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), so
-        # every provider verifies upstreams the same way.
-        connector=aiohttp.TCPConnector(limit=0, ssl=httpx.create_ssl_context()),
+        # The trust store of the httpx clients (upstream_ssl_context), so every provider
+        # verifies upstreams the same way.
+        connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=read_timeout_seconds),
         # One session serves every caller: a cookie one upstream answer sets must not
         # ride along on everybody's later calls.

@@ -55,7 +55,7 @@ from providers.errors import (
     connection_failed,
     quote_input,
 )
-from providers.http import received_chunks, upstream_session
+from providers.http import received_chunks, upstream_session, upstream_ssl_context
 from providers.limits import DEFAULT_LIMITS
 from providers.sse import ServerSentEvent, iter_sse
 
@@ -159,8 +159,10 @@ class OpenAIChatService(ChatService):
         self._default_model = default_model
         self._connect_timeout_seconds = connect_timeout_seconds
         self._read_timeout_seconds = read_timeout_seconds
-        # One session per service: its pool keeps TLS connections to the upstream warm.
+        # One session per service: its pool keeps TLS connections to the upstream warm. The session
+        # is made on the first call, in the calls' event loop; its trust store now, at start-up.
         self._session: aiohttp.ClientSession | None = None
+        self._ssl_context = upstream_ssl_context()
 
     def not_ready_reason(self) -> str:
         return "" if self._api_key else self._missing_key_reason
@@ -194,6 +196,7 @@ class OpenAIChatService(ChatService):
                 base_url=self._url,
                 connect_timeout_seconds=self._connect_timeout_seconds,
                 read_timeout_seconds=self._read_timeout_seconds,
+                ssl_context=self._ssl_context,
             )
         return self._session
 

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
+import certifi
 import httpx
 import pytest
 from aiohttp import web
 
+from aiplatform.v1 import aiplatform_pb2 as pb
 from providers.coze import CozeClients
-from providers.http import body_chunks, tracked_client_options, upstream_call
+from providers.http import body_chunks, tracked_client_options, upstream_call, upstream_ssl_context
+from providers.openai import OpenAIChatService
+from tests.fakes import openai as openai_fake
 from tests.fakes._server import closed_port, http_server, misbehaving_server
+from tests.fakes.openai import FakeOpenAI
+from tests.harness import gateway_for
 
 
 async def test_cookies_an_upstream_sets_are_not_sent_on_later_calls() -> None:
@@ -150,3 +157,35 @@ async def test_a_streamed_body_comes_straight_from_aiohttp_unless_it_needs_decod
                         pass
         finally:
             await clients.aclose()
+
+
+async def test_a_services_first_call_builds_no_trust_store(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building one reads the whole CA bundle (~20 ms of CPU): on a fresh gateway's first call
+    # it stalled every call in flight. It is built at start-up, once, and shared.
+    service = OpenAIChatService("openai", base_url=fake_openai.base_url, api_key=fake_openai.api_key)
+    options = tracked_client_options(base_url="http://127.0.0.1", connect_timeout_seconds=1, read_timeout_seconds=1)
+    assert options["transport"].ssl_context is upstream_ssl_context()
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    async with gateway_for(services=[service]) as gateway:
+        request = pb.StreamChatRequest(service_name="openai", messages=[pb.ChatMessage(role="user", content="hi")])
+        request.parameters["model"] = openai_fake.MODEL_NORMAL
+        replies = [reply async for reply in gateway.stub.StreamChat(request)]
+    assert replies[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert "".join(reply.delta for reply in replies)
+    assert built == []
+
+
+def test_the_trust_store_follows_a_changed_ssl_cert_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = upstream_ssl_context()
+    assert upstream_ssl_context() is default
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert upstream_ssl_context() is not default
