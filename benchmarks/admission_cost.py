@@ -43,9 +43,10 @@ from benchmarks.common import cpu_seconds, percentile
 from providers.echo import EchoChatService
 from providers.limits import DEFAULT_LIMITS
 from providers.registry import ServiceRegistry
-from server.app import GatewayServer, start_server, tune_garbage_collector
+from server.app import GatewayServer, start_server
 from server.callers import CallerKeys, KeyEntry
 from server.limits import CallerLimits, LimitStore, MemoryLimitStore, RedisLimitStore
+from server.process import tune_garbage_collector
 from server.settings import CozeSettings, GatewaySettings, Settings
 from tests.redis_server import RedisServer, running_redis
 

@@ -28,7 +28,7 @@ import signal
 from typing import cast
 
 from benchmarks.common import Plan, raise_fd_limit, token_text
-from server.app import tune_garbage_collector
+from server.process import tune_garbage_collector
 
 _CHAT_ID = "7382159487131697202"
 _CONVERSATION_ID = "7381473525342978089"

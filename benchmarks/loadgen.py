@@ -33,7 +33,7 @@ from google.protobuf import struct_pb2
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from benchmarks.common import Plan, cpu_seconds, percentile, raise_fd_limit
-from server.app import tune_garbage_collector
+from server.process import tune_garbage_collector
 
 _PROMPT = "Tell me something in fifty tokens."
 _CALL_TIMEOUT = 30.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from server.interceptors import CallInterceptor, CallLimits, CallObserver
 from server.limits import CallerLimits, LimitStore, MemoryLimitStore, RedisLimitStore
 from server.memory import release_memory_after_bursts
 from server.metrics import GatewayMetrics, serve_metrics, single_process_registry, write_values_to
+from server.process import descriptors_needed, make_room_for_descriptors, tune_garbage_collector
 from server.servicer import AIPlatformServicer
 from server.services import build_registry
 from server.settings import ConfigError, GatewaySettings, Settings
@@ -307,6 +307,8 @@ async def serve(settings: Settings, *, share_port: bool = False, metrics_directo
     A worker (``share_port``) passes ``metrics_directory``: its metrics go there, for the
     supervising parent to serve summed; a single process serves its own on AIP_METRICS_ADDRESS.
     """
+    # Before any call, and before grpc starts its threads: growing the table later stalls the loop.
+    make_room_for_descriptors(descriptors_needed(settings.gateway.max_calls_in_flight))
     observers: list[CallObserver] = []
     if settings.gateway.metrics_address:
         if metrics_directory is not None:
@@ -328,29 +330,6 @@ async def serve(settings: Settings, *, share_port: bool = False, metrics_directo
     _LOGGER.info("shutting down: in-flight calls get %.1f s", settings.gateway.grace_seconds)
     await gateway.stop(settings.gateway.grace_seconds)
     _LOGGER.info("stopped")
-
-
-#: Allocations between young collections (CPython's default is 700), and how many collections of
-#: one generation trigger one of the next (default 10 and 10).
-GC_THRESHOLDS = (10_000, 20, 20)
-
-
-def tune_garbage_collector() -> None:
-    """Keep Python's cycle collector from pausing a busy gateway; call once, after start-up.
-
-    With thousands of streams open, CPython's default thresholds run a full collection
-    every few seconds, each walking every live object: 19 of them paused the event loop
-    for up to 0.44 s apiece in the 5,000-stream benchmark, 4.2 s in all (benchmarks/RESULTS.md).
-    Freezing what start-up created (modules, schemas, clients: never garbage) takes it out
-    of every later collection, and higher thresholds make collections rarer; cycles are
-    still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    _LOGGER.info(
-        "garbage collector: %d start-up objects frozen, thresholds %s", gc.get_freeze_count(), gc.get_threshold()
-    )
 
 
 def _bound(address: str, port: int) -> str:

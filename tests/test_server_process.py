@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2
 
 from aiplatform.v1 import aiplatform_pb2 as pb
-from server.app import GC_THRESHOLDS
+from server.process import GC_THRESHOLDS
 from tests.conftest import error_details
 from tests.gateway_process import GatewayProcess, failed_start, gateway_env, running_gateway, start_gateway
 from tests.harness import GatewayUnderTest
