@@ -214,6 +214,15 @@ def start_stack(out: Path, candidates: dict[str, str] | None = None, workers: in
                 "baseline", [PYTHON, "-m", "benchmarks.relay", "relay", "--upstream", upstream], out
             ),
         )
+        # The same relay with the gateway's start-up measures on its process (benchmarks/relay.py).
+        stack.start(
+            "baseline-tuned",
+            lambda: _start_printing_port(
+                "baseline-tuned",
+                [PYTHON, "-m", "benchmarks.relay", "relay", "--upstream", upstream, "--process-tuning"],
+                out,
+            ),
+        )
         stack.start("bare", lambda: _start_printing_port("bare", [PYTHON, "-m", "benchmarks.relay", "bare"], out))
     except BaseException:
         stack.stop()

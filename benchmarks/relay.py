@@ -8,7 +8,12 @@
 - ``bare``: a grpc.aio stream with no upstream at all (the ceiling): StreamChat yields the
   tokens the model parameter asks for (``tokens-50-delay-0``), Chat answers them whole.
 
-Run: ``python -m benchmarks.relay {relay,bare} [--upstream URL]``; prints ``{"port": N}``.
+``--process-tuning`` gives the relay the gateway's start-up measures on its process
+(``server/process.py``: room for its descriptors, the tuned garbage collector): the
+``baseline-tuned`` reference, which tells the gateway's work per call apart from pauses a
+plain Python process takes under load and the gateway no longer does.
+
+Run: ``python -m benchmarks.relay {relay,bare} [--upstream URL] [--process-tuning]``; prints ``{"port": N}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import grpc
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from benchmarks.common import Plan, raise_fd_limit, token_text
+from server.process import descriptors_needed, make_room_for_descriptors, tune_garbage_collector
+from server.settings import GatewaySettings
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _HEADERS = {"Authorization": "Bearer bench-key"}
@@ -174,7 +181,7 @@ class BareStream(pb_grpc.AIPlatformServiceServicer):
         )
 
 
-async def _serve(mode: str, upstream: str, port: int) -> None:
+async def _serve(mode: str, upstream: str, port: int, process_tuning: bool) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     session: aiohttp.ClientSession | None = None
     if mode == "relay":
@@ -185,6 +192,8 @@ async def _serve(mode: str, upstream: str, port: int) -> None:
         pb_grpc.add_AIPlatformServiceServicer_to_server(BareStream(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    if process_tuning:
+        tune_garbage_collector()  # after start-up, as the gateway does
     print(json.dumps({"port": bound}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -204,11 +213,16 @@ def main() -> None:
     parser.add_argument("mode", choices=("relay", "bare"))
     parser.add_argument("--upstream", default="", help="the fake upstream's base URL (relay mode)")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--process-tuning", action="store_true", help="the gateway's start-up measures on this process too"
+    )
     args = parser.parse_args()
     if args.mode == "relay" and not args.upstream:
         parser.error("relay mode needs --upstream")
     raise_fd_limit()
-    asyncio.run(_serve(args.mode, args.upstream, args.port))
+    if args.process_tuning:
+        make_room_for_descriptors(descriptors_needed(GatewaySettings().max_calls_in_flight))
+    asyncio.run(_serve(args.mode, args.upstream, args.port, args.process_tuning))
 
 
 if __name__ == "__main__":
