@@ -31,8 +31,6 @@ import grpc
 from aiplatform.v1 import aiplatform_pb2 as pb
 from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from benchmarks.common import Plan, raise_fd_limit, token_text
-from server.process import descriptors_needed, make_room_for_descriptors, tune_garbage_collector
-from server.settings import GatewaySettings
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _HEADERS = {"Authorization": "Bearer bench-key"}
@@ -193,6 +191,8 @@ async def _serve(mode: str, upstream: str, port: int, process_tuning: bool) -> N
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     if process_tuning:
+        from server.process import tune_garbage_collector
+
         tune_garbage_collector()  # after start-up, as the gateway does
     print(json.dumps({"port": bound}), flush=True)
     stop = asyncio.Event()
@@ -221,7 +221,11 @@ def main() -> None:
         parser.error("relay mode needs --upstream")
     raise_fd_limit()
     if args.process_tuning:
-        make_room_for_descriptors(descriptors_needed(GatewaySettings().max_calls_in_flight))
+        # Imported here: the minimal relay stays a plain process, with no module of the gateway's
+        # among the objects its collector walks. 6,000: AIP_MAX_CALLS_IN_FLIGHT's default.
+        from server.process import descriptors_needed, make_room_for_descriptors
+
+        make_room_for_descriptors(descriptors_needed(6000))
     asyncio.run(_serve(args.mode, args.upstream, args.port, args.process_tuning))
 
 
