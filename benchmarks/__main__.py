@@ -526,6 +526,24 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+def parse_candidates(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--candidate NAME=PATH`` values as {name: tree}; a bad name is the parser's error."""
+    candidates = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in (
+            "gateway",
+            "baseline",
+            "bare",
+            "direct",
+            "fake",
+            "workers",
+        ):
+            parser.error(f"--candidate {item!r}: NAME is lower-case letters, digits and _, not a built-in target")
+        candidates[name] = path
+    return candidates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short loads, no c5000 scenario (about a minute)")
@@ -589,20 +607,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--render", type=Path, metavar="RESULTS_JSON", help="only print the table of a saved results.json, run nothing"
     )
     args = parser.parse_args(argv)
-    candidates = {}
-    for item in args.candidate:
-        name, _, path = item.partition("=")
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in (
-            "gateway",
-            "baseline",
-            "bare",
-            "direct",
-            "fake",
-            "workers",
-        ):
-            parser.error(f"--candidate {item!r}: NAME is lower-case letters, digits and _, not a built-in target")
-        candidates[name] = path
-    args.candidate = candidates
+    args.candidate = parse_candidates(parser, args.candidate)
     default_scenarios = ("stream", "unary", "latency") if args.quick else _SCENARIOS
     args.scenarios = tuple(args.scenarios.split(",")) if args.scenarios else default_scenarios
     unknown = set(args.scenarios) - set(_SCENARIOS)
