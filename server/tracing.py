@@ -136,7 +136,9 @@ def _note_log_id(span: Span, params: aiohttp.TraceRequestEndParams | aiohttp.Tra
             log_id = log_id[:_MAX_LOG_ID_CHARS]
             span.set_attribute(UPSTREAM_LOG_ID, log_id)
             server_span = _SERVER_SPAN.get()
-            if server_span is not None:
+            # Not once the call has ended: the background cancel of a chat its caller left is
+            # answered later, and the SDK would warn of an attribute set on an ended span.
+            if server_span is not None and server_span.is_recording():
                 server_span.set_attribute(UPSTREAM_LOG_ID, log_id)
             return
 

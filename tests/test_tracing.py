@@ -30,6 +30,7 @@ from aiplatform.v1 import aiplatform_pb2_grpc as pb_grpc
 from providers.base import AIService
 from server import tracing
 from server.settings import GatewaySettings
+from tests.fakes import coze as fake_coze
 from tests.fakes import openai as fake_openai
 from tests.fakes.upstreams import PROVIDERS, Fault, Upstream, answer, collect, open_upstream, until
 from tests.gateway_process import failed_start, gateway_env, running_gateway
@@ -485,3 +486,42 @@ async def test_an_otlp_endpoint_turns_tracing_on_and_gets_the_spans(tmp_path: Pa
     (client_span,) = [span for _, span in spans if span.kind == span.SPAN_KIND_CLIENT]
     assert client_span.parent_span_id == server_span.span_id
     assert _sent_traceparent(chat_request) == f"00-{CALLER_TRACE_ID:032x}-{client_span.span_id.hex()}"
+
+
+async def test_an_upstream_answer_after_the_call_ended_leaves_the_ended_span_alone(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A caller who leaves a Coze stream ends the call, and its span, at once; the gateway's cancel at
+    # Coze runs on in the background, and its answer's log id is no fact of the ended call.
+    async with open_upstream("coze") as upstream, traced_gateway(upstream.service(), exporter) as channel:
+        fake = upstream.fake
+        assert isinstance(fake, fake_coze.FakeCoze)
+        stub = pb_grpc.AIPlatformServiceStub(channel)
+        call = stub.StreamChat(_stream_request(upstream, Fault.STALL))
+        assert (await call.read()).delta
+        call.cancel()
+        await until(lambda: len(fake.cancelled_chats) == 1)
+        spans = await _cancel_spans(exporter)
+    (server,) = _of_kind(exporter.get_finished_spans(), SpanKind.SERVER)
+    assert server.end_time is not None and spans[0].end_time is not None and server.end_time < spans[0].end_time
+    (chat,) = upstream.chat_requests()
+    (cancel,) = [request for request in fake.requests if request.path == "/v3/chat/cancel"]
+    # The call's span keeps the chat's log id; the cancel's is on the cancel's own span only.
+    assert dict(server.attributes or {})["aiplatform.upstream_log_id"] == _log_id(chat)
+    assert dict(spans[0].attributes or {})["aiplatform.upstream_log_id"] == _log_id(cancel) != _log_id(chat)
+    assert not [record for record in caplog.records if "ended span" in record.getMessage()]
+
+
+async def _cancel_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    """The client spans of /v3/chat/cancel requests, once one has ended."""
+    async with asyncio.timeout(5):
+        while True:
+            spans = [
+                span
+                for span in _of_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
+                if str(dict(span.attributes or {}).get("url.full", "")).endswith("/v3/chat/cancel")
+                or str(dict(span.attributes or {}).get("http.url", "")).endswith("/v3/chat/cancel")
+            ]
+            if spans:
+                return spans
+            await asyncio.sleep(0.02)
