@@ -307,8 +307,6 @@ async def serve(settings: Settings, *, share_port: bool = False, metrics_directo
     A worker (``share_port``) passes ``metrics_directory``: its metrics go there, for the
     supervising parent to serve summed; a single process serves its own on AIP_METRICS_ADDRESS.
     """
-    # Before any call, and before grpc starts its threads: growing the table later stalls the loop.
-    make_room_for_descriptors(descriptors_needed(settings.gateway.max_calls_in_flight))
     observers: list[CallObserver] = []
     if settings.gateway.metrics_address:
         if metrics_directory is not None:
@@ -321,6 +319,9 @@ async def serve(settings: Settings, *, share_port: bool = False, metrics_directo
     gateway = await start_server(settings, share_port=share_port, observers=observers)
     if not share_port:  # workers: the supervising parent says it once
         warn_when_open(settings)
+    # Once the start has succeeded (a failed start says one line, nothing else), before the load:
+    # growing the descriptor table then stalls the event loop once, not at every doubling under load.
+    make_room_for_descriptors(descriptors_needed(settings.gateway.max_calls_in_flight))
     tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

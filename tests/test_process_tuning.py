@@ -65,7 +65,7 @@ async def test_the_gateway_process_starts_with_room_for_its_calls(tmp_path: Path
     env = gateway_env(AIP_MAX_CALLS_IN_FLIGHT="3000")
     async with running_gateway(env, tmp_path) as started:
         needed = descriptors_needed(3000)
+        match = await started.find_in_log(rb"file descriptors: room for (\d+)")  # said once it is done
+        assert int(match.group(1)) == needed
         assert _open_file_limit(started.pid) >= min(needed, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         assert _status_field(started.pid, "FDSize") >= needed
-        match = await started.find_in_log(rb"file descriptors: room for (\d+)")
-        assert int(match.group(1)) == needed
